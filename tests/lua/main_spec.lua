@@ -1,0 +1,100 @@
+local h = require "helpers"
+
+describe("the lupe executable", function()
+  local script
+
+  before_each(function() script = h.tmpname(".lua") end)
+  after_each(function() os.remove(script) end)
+
+  it("prints its version", function()
+    local status, out = h.lupe("version")
+    assert.are.equal(0, status)
+    assert.matches("^lupe %d+%.%d+%.%d+\n$", out)
+  end)
+
+  it("runs a script with arguments in arg and ...", function()
+    h.write(script, [[
+      local a, b = ...
+      print(arg[0] ~= nil, arg[1], arg[2], a, b, #arg)
+    ]])
+    local status, out = h.lupe("run " .. script .. " one two")
+    assert.are.equal(0, status)
+    assert.are.equal("true\tone\ttwo\tone\ttwo\t2\n", out)
+  end)
+
+  it("makes require 'lupe' and require 'lpeg' work", function()
+    h.write(script, [[
+      local lupe, lpeg = require "lupe", require "lpeg"
+      print(lupe.version, lpeg.match(lpeg.C(lpeg.R("az")^1), "lupe!"))
+    ]])
+    local status, out, err = h.lupe("run " .. script)
+    assert.are.equal(0, status, err)
+    assert.matches("^%d+%.%d+%.%d+\tlupe\n$", out)
+  end)
+
+  it("exits 1 with a traceback naming the file and line of a runtime error", function()
+    h.write(script, "local function f()\n  error('boom')\nend\nf()\n")
+    local status, out, err = h.lupe("run " .. script)
+    assert.are.equal(1, status)
+    assert.are.equal("", out)
+    assert.truthy(err:find(script .. ":2: boom", 1, true), err)
+    assert.truthy(err:find("stack traceback:", 1, true), err)
+    assert.truthy(err:find(script .. ":4", 1, true), err)
+  end)
+
+  it("exits 1 on a syntax error, naming the line", function()
+    h.write(script, "local x = \nlocal = 3\n")
+    local status, _, err = h.lupe("run " .. script)
+    assert.are.equal(1, status)
+    assert.truthy(err:find(script .. ":2:", 1, true), err)
+  end)
+
+  it("exits 1 with one line for a missing script", function()
+    local status, out, err = h.lupe("run /nonexistent/x.lua")
+    assert.are.equal(1, status)
+    assert.are.equal("", out)
+    assert.are.equal("lupe: cannot open script '/nonexistent/x.lua': No such file or directory\n", err)
+  end)
+
+  it("uses the integer a script returns as its exit status", function()
+    h.write(script, "return 3\n")
+    assert.are.equal(3, (h.lupe("run " .. script)))
+  end)
+
+  it("rejects unknown commands and options with status 2", function()
+    local status, _, err = h.lupe("frobnicate")
+    assert.are.equal(2, status)
+    assert.matches("unknown command 'frobnicate'", err)
+    status, _, err = h.lupe("--frob version")
+    assert.are.equal(2, status)
+    assert.matches("unknown option '%-%-frob'", err)
+  end)
+
+  it("has help for itself and for run", function()
+    local status, out = h.lupe("--help")
+    assert.are.equal(0, status)
+    assert.matches("usage: lupe", out)
+    assert.matches("run SCRIPT", out)
+    status, out = h.lupe("run --help")
+    assert.are.equal(0, status)
+    assert.matches("usage: lupe run", out)
+    status, out = h.lupe("help run")
+    assert.are.equal(0, status)
+    assert.matches("usage: lupe run", out)
+  end)
+
+  it("finds the stdlib through LUPE_PATH", function()
+    h.write(script, "require 'lupe'\n")
+    local status, _, err = h.run("LUPE_PATH=/nonexistent " .. h.bin .. " run " .. script)
+    assert.are.equal(1, status)
+    assert.matches("module 'lupe' not found", err)
+  end)
+
+  it("routes script logging through the C sink, filtered by -v", function()
+    h.write(script, "local log = require 'lupe.log'\nlog.info('hello %d', 42)\nlog.warn('careful')\n")
+    local _, _, err = h.lupe("run " .. script)
+    assert.are.equal("lupe: careful\n", err)
+    _, _, err = h.lupe("-v run " .. script)
+    assert.are.equal("lupe: hello 42\nlupe: careful\n", err)
+  end)
+end)

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs the Debian packages lupe needs (only those missing), then configures and builds
+# into build/. Idempotent: a second run installs nothing and rebuilds only what changed.
+#   tools/build.sh            deps + build (Release with debug info)
+#   LUPE_SANITIZE=1 tools/build.sh   the same with ASan+UBSan, into build-asan/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  build-essential cmake pkg-config    # the C toolchain
+  clang llvm                          # clang -target bpf, llvm-strip
+  libbpf-dev bpftool                  # BPF loading, skeletons, vmlinux.h
+  libelf-dev zlib1g-dev               # libelf (ELF parsing; libbpf needs it too)
+  libssl-dev                          # libcrypto's SHA-256 for file IDs
+  libluajit-5.1-dev luajit            # the embedded Lua, and the interpreter for busted
+  lua-lpeg lua-busted lua-check       # filters; test runner; linter
+  binutils                            # readelf/objdump, used by tests as independent oracles
+  procps util-linux                   # ps, unshare: integration tests
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "tools/build.sh: installing ${missing[*]}" >&2
+  if [ "$(id -u)" != 0 ]; then
+    echo "tools/build.sh: run as root to install packages (or install them yourself)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+dir=build
+args=()
+if [ "${LUPE_SANITIZE:-0}" = 1 ]; then
+  dir=build-asan
+  args+=(-DLUPE_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug)
+fi
+cmake -S . -B "$dir" "${args[@]}" >/dev/null
+cmake --build "$dir" -j"$(nproc)"
