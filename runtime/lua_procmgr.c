@@ -1,0 +1,469 @@
+/* lupe.native.procmgr: the process manager as a typed userdata. lupe/procmgr.lua wraps it
+ * into the Lua-facing object (exact 64-bit values, file ID objects). */
+#include "lua_u64.h"
+#include "log.h"
+#include "procmgr.h"
+
+#include <errno.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PROCMGR_MT "lupe.procmgr"
+
+struct lprocmgr {
+	struct lupe_procmgr *pm;
+};
+
+static struct lupe_procmgr *check_procmgr(lua_State *L, int idx)
+{
+	struct lprocmgr *u = luaL_checkudata(L, idx, PROCMGR_MT);
+
+	if (!u->pm)
+		luaL_argerror(L, idx, "process manager is closed");
+	return u->pm;
+}
+
+/* Expected runtime failures: nil, message, errno (STYLE: errors split). */
+static int push_errno(lua_State *L, int err, const char *what)
+{
+	lua_pushnil(L);
+	lua_pushfstring(L, "%s: %s", what, lupe_errstr(err));
+	lua_pushinteger(L, err < 0 ? -err : err);
+	return 3;
+}
+
+static void opt_field_bool(lua_State *L, int t, const char *k, bool *out)
+{
+	lua_getfield(L, t, k);
+	if (!lua_isnil(L, -1))
+		*out = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+}
+
+/* new{ proc_root=, filter_error_frames=, file_ids = "lru"|"map", lru_size= } */
+static int l_new(lua_State *L)
+{
+	LUPE_OPTS(lupe_procmgr_opts, opts);
+	struct lprocmgr *u;
+	const char *mapper = "lru";
+	size_t lru_size = 0;
+
+	if (!lua_isnoneornil(L, 1)) {
+		luaL_checktype(L, 1, LUA_TTABLE);
+		lua_getfield(L, 1, "proc_root");
+		opts.proc_root = lua_isnil(L, -1) ? NULL : luaL_checkstring(L, -1);
+		lua_getfield(L, 1, "file_ids");
+		if (!lua_isnil(L, -1))
+			mapper = luaL_checkstring(L, -1);
+		lua_getfield(L, 1, "lru_size");
+		lru_size = lua_isnil(L, -1) ? 0 : (size_t)luaL_checkinteger(L, -1);
+		lua_pop(L, 1);
+		opt_field_bool(L, 1, "filter_error_frames", &opts.filter_error_frames);
+	}
+	if (strcmp(mapper, "map") == 0)
+		opts.file_ids = lupe_fileid_mapper_new_map();
+	else if (strcmp(mapper, "lru") == 0)
+		opts.file_ids = lupe_fileid_mapper_new_lru(lru_size);
+	else
+		return luaL_error(L, "procmgr.new: file_ids must be \"lru\" or \"map\", not \"%s\"",
+				  mapper);
+	if (!opts.file_ids)
+		return push_errno(L, errno, "procmgr.new");
+
+	u = lua_newuserdata(L, sizeof(*u));
+	u->pm = NULL;
+	luaL_getmetatable(L, PROCMGR_MT);
+	lua_setmetatable(L, -2);
+	u->pm = lupe_procmgr__new(&opts);
+	if (!u->pm)
+		return push_errno(L, errno, "procmgr.new");
+	return 1;
+}
+
+static int l_close(lua_State *L)
+{
+	struct lprocmgr *u = luaL_checkudata(L, 1, PROCMGR_MT);
+
+	lupe_procmgr__free(u->pm);
+	u->pm = NULL;
+	return 0;
+}
+
+static int l_tostring(lua_State *L)
+{
+	struct lprocmgr *u = luaL_checkudata(L, 1, PROCMGR_MT);
+	struct lupe_procmgr_stats st;
+
+	if (!u->pm) {
+		lua_pushstring(L, "lupe.procmgr (closed)");
+		return 1;
+	}
+	lupe_procmgr__stats(u->pm, &st);
+	lua_pushfstring(L, "lupe.procmgr (%d processes, %d executables, %d mappings)",
+			(int)st.processes, (int)st.executables, (int)st.mappings);
+	return 1;
+}
+
+static int l_synchronize(lua_State *L)
+{
+	struct lupe_procmgr *pm = check_procmgr(L, 1);
+	int pid = luaL_checkint(L, 2);
+	int err = lupe_procmgr__synchronize_process(pm, pid);
+
+	if (err)
+		return push_errno(L, err, lua_pushfstring(L, "synchronize pid %d", pid));
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int l_pid_exit(lua_State *L)
+{
+	struct lupe_procmgr *pm = check_procmgr(L, 1);
+	int pid = luaL_checkint(L, 2);
+	uint64_t ktime = lua_isnoneornil(L, 3) ? 0 : lupe_check_u64(L, 3);
+
+	lua_pushboolean(L, lupe_procmgr__pid_exit(pm, pid, ktime));
+	return 1;
+}
+
+static int l_cleanup_pids(lua_State *L)
+{
+	lua_pushinteger(L, lupe_procmgr__cleanup_pids(check_procmgr(L, 1)));
+	return 1;
+}
+
+static int l_symbolization_complete(lua_State *L)
+{
+	struct lupe_procmgr *pm = check_procmgr(L, 1);
+
+	lua_pushinteger(L, lupe_procmgr__symbolization_complete(pm, lupe_check_u64(L, 2)));
+	return 1;
+}
+
+static int l_ktime_now(lua_State *L)
+{
+	lupe_push_u64(L, lupe_ktime_now());
+	return 1;
+}
+
+static void push_file_id(lua_State *L, struct lupe_file_id id)
+{
+	lua_createtable(L, 2, 0);
+	lupe_push_u64(L, id.hi);
+	lua_rawseti(L, -2, 1);
+	lupe_push_u64(L, id.lo);
+	lua_rawseti(L, -2, 2);
+}
+
+static void check_file_id(lua_State *L, int idx, struct lupe_file_id *id)
+{
+	luaL_checktype(L, idx, LUA_TTABLE);
+	lua_rawgeti(L, idx, 1);
+	id->hi = lupe_check_u64(L, lua_gettop(L));
+	lua_rawgeti(L, idx, 2);
+	id->lo = lupe_check_u64(L, lua_gettop(L));
+	lua_pop(L, 2);
+}
+
+#define SET_U64(field, value) (lupe_push_u64(L, (value)), lua_setfield(L, -2, field))
+
+static void push_mapping(lua_State *L, const struct lupe_mapping *m, const char *path, bool deleted)
+{
+	lua_createtable(L, 0, 10);
+	push_file_id(L, m->file_id);
+	lua_setfield(L, -2, "file_id");
+	SET_U64("vaddr", m->vaddr);
+	SET_U64("length", m->length);
+	SET_U64("bias", m->bias);
+	SET_U64("file_offset", m->file_offset);
+	SET_U64("device", m->device);
+	SET_U64("inode", m->inode);
+	lua_pushstring(L, path);
+	lua_setfield(L, -2, "path");
+	lua_pushboolean(L, deleted);
+	lua_setfield(L, -2, "deleted");
+}
+
+static int l_mappings(lua_State *L)
+{
+	struct lupe_procmgr *pm = check_procmgr(L, 1);
+	int pid = luaL_checkint(L, 2);
+	struct lupe_mapping_view *v;
+	ssize_t n, i;
+
+	n = lupe_procmgr__mappings(pm, pid, &v);
+	if (n < 0)
+		return push_errno(L, (int)n, lua_pushfstring(L, "mappings of pid %d", pid));
+	lua_createtable(L, (int)n, 0);
+	for (i = 0; i < n; i++) {
+		push_mapping(L, &v[i].m, v[i].path, v[i].deleted);
+		lua_rawseti(L, -2, (int)i + 1);
+	}
+	free(v);
+	return 1;
+}
+
+static int l_find_mapping(lua_State *L)
+{
+	struct lupe_procmgr *pm = check_procmgr(L, 1);
+	int pid = luaL_checkint(L, 2);
+	uint64_t addr = lupe_check_u64(L, 3);
+	uint64_t ktime = lua_isnoneornil(L, 4) ? 0 : lupe_check_u64(L, 4);
+	struct lupe_mapping m;
+	char path[4096];
+
+	if (lupe_procmgr__find_mapping(pm, pid, addr, ktime, &m, path, sizeof(path)))
+		return 0;
+	push_mapping(L, &m, path, false);
+	return 1;
+}
+
+static int l_processes(lua_State *L)
+{
+	struct lupe_procmgr *pm = check_procmgr(L, 1);
+	pid_t *pids;
+	bool *exited;
+	ssize_t n, i;
+
+	n = lupe_procmgr__processes(pm, &pids, &exited);
+	if (n < 0)
+		return push_errno(L, (int)n, "processes");
+	lua_createtable(L, (int)n, 0);
+	for (i = 0; i < n; i++) {
+		lua_createtable(L, 0, 2);
+		lua_pushinteger(L, pids[i]);
+		lua_setfield(L, -2, "pid");
+		lua_pushboolean(L, exited[i]);
+		lua_setfield(L, -2, "exited");
+		lua_rawseti(L, -2, (int)i + 1);
+	}
+	free(pids);
+	free(exited);
+	return 1;
+}
+
+static int get_int_field(lua_State *L, int t, const char *k, int def)
+{
+	int v;
+
+	lua_getfield(L, t, k);
+	v = lua_isnil(L, -1) ? def : (int)luaL_checkinteger(L, -1);
+	lua_pop(L, 1);
+	return v;
+}
+
+/* add_synth_interval_data(host, { {address=, cfa_opcode=, cfa_param=, fp_opcode=,
+ * fp_param=, flags=}, ... }) */
+static int l_add_synth(lua_State *L)
+{
+	struct lupe_procmgr *pm = check_procmgr(L, 1);
+	uint64_t host = lupe_check_u64(L, 2);
+	struct lupe_interval_data d = { 0 };
+	size_t i;
+	int err;
+
+	luaL_checktype(L, 3, LUA_TTABLE);
+	d.count = lua_objlen(L, 3);
+	d.deltas = calloc(d.count ? d.count : 1, sizeof(*d.deltas));
+	if (!d.deltas)
+		return push_errno(L, -ENOMEM, "add_synth_interval_data");
+	for (i = 0; i < d.count; i++) {
+		struct lupe_stack_delta *sd = &d.deltas[i];
+		int t;
+
+		lua_rawgeti(L, 3, (int)i + 1);
+		t = lua_gettop(L);
+		if (!lua_istable(L, t)) {
+			free(d.deltas);
+			return luaL_argerror(L, 3, "each delta must be a table");
+		}
+		lua_getfield(L, t, "address");
+		sd->address = lupe_check_u64(L, lua_gettop(L));
+		lua_pop(L, 1);
+		sd->cfa_opcode = (uint8_t)get_int_field(L, t, "cfa_opcode", 0);
+		sd->cfa_param = get_int_field(L, t, "cfa_param", 0);
+		sd->fp_opcode = (uint8_t)get_int_field(L, t, "fp_opcode", 0);
+		sd->fp_param = get_int_field(L, t, "fp_param", 0);
+		sd->flags = (uint8_t)get_int_field(L, t, "flags", 0);
+		lua_pop(L, 1);
+		if (i > 0 && sd->address < d.deltas[i - 1].address) {
+			free(d.deltas);
+			return luaL_argerror(L, 3, "deltas must be sorted by address");
+		}
+	}
+	err = lupe_procmgr__add_synth_interval_data(pm, host, &d);
+	free(d.deltas);
+	if (err)
+		return push_errno(L, err, "add_synth_interval_data");
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int l_file_id_get(lua_State *L)
+{
+	struct lupe_procmgr *pm = check_procmgr(L, 1);
+	struct lupe_file_id id;
+
+	if (!lupe_procmgr__file_id(pm, lupe_check_u64(L, 2), &id))
+		return 0;
+	push_file_id(L, id);
+	return 1;
+}
+
+static int l_file_id_set(lua_State *L)
+{
+	struct lupe_procmgr *pm = check_procmgr(L, 1);
+	uint64_t host = lupe_check_u64(L, 2);
+	struct lupe_fileid_mapper *m = lupe_procmgr__file_id_mapper(pm);
+	struct lupe_file_id id;
+	int err;
+
+	check_file_id(L, 3, &id);
+	err = m->ops->set(m, host, id);
+	if (err)
+		return push_errno(L, err, "file_ids:set");
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int l_file_id_of_file(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	struct lupe_file_id id;
+	FILE *f = fopen(path, "rb");
+	int err;
+
+	if (!f)
+		return push_errno(L, errno, lua_pushfstring(L, "file id of '%s'", path));
+	err = lupe_file_id_from_fd(fileno(f), &id);
+	fclose(f);
+	if (err)
+		return push_errno(L, err, lua_pushfstring(L, "file id of '%s'", path));
+	push_file_id(L, id);
+	return 1;
+}
+
+static int l_exe_refcount(lua_State *L)
+{
+	struct lupe_procmgr *pm = check_procmgr(L, 1);
+
+	lua_pushinteger(L, lupe_procmgr__exe_refcount(pm, lupe_check_u64(L, 2)));
+	return 1;
+}
+
+#define SET_NUM(field) (lua_pushnumber(L, (lua_Number)st.field), lua_setfield(L, -2, #field))
+
+static int l_stats(lua_State *L)
+{
+	struct lupe_procmgr_stats st;
+
+	lupe_procmgr__stats(check_procmgr(L, 1), &st);
+	lua_createtable(L, 0, 24);
+	SET_NUM(sync_attempts);
+	SET_NUM(sync_esrch);
+	SET_NUM(sync_eperm);
+	SET_NUM(sync_empty);
+	SET_NUM(maps_malformed);
+	SET_NUM(file_open_errors);
+	SET_NUM(elf_errors);
+	SET_NUM(hash_errors);
+	SET_NUM(delta_errors);
+	SET_NUM(no_deltas);
+	SET_NUM(ebpf_errors);
+	SET_NUM(elf_cache_hits);
+	SET_NUM(elf_cache_misses);
+	SET_NUM(processes);
+	SET_NUM(exited_pending);
+	SET_NUM(executables);
+	SET_NUM(mappings);
+	SET_NUM(anon_regions);
+	SET_NUM(executables_loaded_total);
+	SET_NUM(executables_unloaded_total);
+	SET_NUM(memory_bytes);
+	return 1;
+}
+
+static const char *const call_names[] = {
+	[LUPE_EBPF_NEW_PID] = "new_pid",
+	[LUPE_EBPF_DELETE_PID] = "delete_pid",
+	[LUPE_EBPF_ADD_MAPPING] = "add_mapping",
+	[LUPE_EBPF_DELETE_MAPPING] = "delete_mapping",
+	[LUPE_EBPF_LOAD_DELTAS] = "load_deltas",
+	[LUPE_EBPF_UNLOAD_DELTAS] = "unload_deltas",
+};
+
+/* The recording fake's log: { {call=, pid=, host=, vaddr=, length=, bias=, ndeltas=}, ...}.
+ * clear: true empties it after reading. */
+static int l_ebpf_calls(lua_State *L)
+{
+	struct lupe_procmgr *pm = check_procmgr(L, 1);
+	struct lupe_ebpf_handler *h = lupe_procmgr__ebpf(pm);
+	const struct lupe_ebpf_record *r;
+	size_t n, i;
+
+	if (!lupe_ebpf_handler_is_recorder(h))
+		return luaL_error(L, "ebpf_calls: this manager writes real BPF maps, not a recorder");
+	r = lupe_ebpf_recorder_records(h, &n);
+	lua_createtable(L, (int)n, 0);
+	for (i = 0; i < n; i++) {
+		lua_createtable(L, 0, 7);
+		lua_pushstring(L, call_names[r[i].call]);
+		lua_setfield(L, -2, "call");
+		lua_pushinteger(L, r[i].pid);
+		lua_setfield(L, -2, "pid");
+		SET_U64("host", r[i].host_file_id);
+		SET_U64("vaddr", r[i].vaddr);
+		SET_U64("length", r[i].length);
+		SET_U64("bias", r[i].bias);
+		lua_pushinteger(L, (lua_Integer)r[i].ndeltas);
+		lua_setfield(L, -2, "ndeltas");
+		lua_rawseti(L, -2, (int)i + 1);
+	}
+	if (lua_toboolean(L, 2))
+		lupe_ebpf_recorder_clear(h);
+	return 1;
+}
+
+static const luaL_Reg procmgr_methods[] = {
+	{ "synchronize", l_synchronize },
+	{ "pid_exit", l_pid_exit },
+	{ "cleanup_pids", l_cleanup_pids },
+	{ "symbolization_complete", l_symbolization_complete },
+	{ "add_synth_interval_data", l_add_synth },
+	{ "mappings", l_mappings },
+	{ "find_mapping", l_find_mapping },
+	{ "processes", l_processes },
+	{ "file_id_get", l_file_id_get },
+	{ "file_id_set", l_file_id_set },
+	{ "exe_refcount", l_exe_refcount },
+	{ "stats", l_stats },
+	{ "ebpf_calls", l_ebpf_calls },
+	{ "close", l_close },
+	{ NULL, NULL },
+};
+
+static const luaL_Reg procmgr_funcs[] = {
+	{ "new", l_new },
+	{ "ktime_now", l_ktime_now },
+	{ "file_id_of_file", l_file_id_of_file },
+	{ NULL, NULL },
+};
+
+int luaopen_lupe_procmgr(lua_State *L)
+{
+	luaL_newmetatable(L, PROCMGR_MT);
+	lua_newtable(L);
+	luaL_register(L, NULL, procmgr_methods);
+	lua_setfield(L, -2, "__index");
+	lua_pushcfunction(L, l_close);
+	lua_setfield(L, -2, "__gc");
+	lua_pushcfunction(L, l_tostring);
+	lua_setfield(L, -2, "__tostring");
+	lua_pop(L, 1);
+
+	lua_newtable(L);
+	luaL_register(L, NULL, procmgr_funcs);
+	return 1;
+}

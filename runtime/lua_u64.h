@@ -1,0 +1,41 @@
+/* 64-bit values cross the C/Lua boundary as 8-byte strings in host order: exact (a double
+ * loses kernel addresses), and lupe/u64.lua turns them into uint64_t cdata with one cast.
+ * Numbers are accepted on input where they are exact. Only lua_*.c include this. */
+#ifndef LUPE_LUA_U64_H
+#define LUPE_LUA_U64_H
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline void lupe_push_u64(lua_State *L, uint64_t v)
+{
+	lua_pushlstring(L, (const char *)&v, sizeof(v));
+}
+
+static inline uint64_t lupe_check_u64(lua_State *L, int idx)
+{
+	size_t len;
+	uint64_t v;
+
+	if (lua_type(L, idx) == LUA_TNUMBER) {
+		lua_Number n = lua_tonumber(L, idx);
+
+		if (n < 0 || n > 9007199254740992.0 || n != (lua_Number)(uint64_t)n)
+			luaL_argerror(L, idx, "not an exact unsigned 64-bit value (use a uint64_t cdata)");
+		return (uint64_t)n;
+	}
+	if (lua_type(L, idx) == LUA_TSTRING) {
+		const char *s = lua_tolstring(L, idx, &len);
+
+		if (len == sizeof(v)) {
+			memcpy(&v, s, sizeof(v));
+			return v;
+		}
+	}
+	luaL_argerror(L, idx, "expected a 64-bit value");
+	return 0;
+}
+
+#endif
