@@ -34,7 +34,7 @@ struct lupe_procmaps {
 	struct lupe_procmap *maps;
 	size_t count;
 	size_t malformed;        /* lines that did not parse (skipped, counted) */
-	size_t truncated;        /* 1 if the text ended mid-line (last line ignored) */
+	size_t truncated;        /* 1 if the text ended before the last line's path (ignored) */
 	/* private: */
 	size_t cap;
 	char *strings;
