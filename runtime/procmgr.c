@@ -810,6 +810,30 @@ int lupe_procmgr__find_mapping(struct lupe_procmgr *pm, pid_t pid, uint64_t addr
 	return m ? 0 : -ENOENT;
 }
 
+int lupe_procmgr__find_mapping_by_file(struct lupe_procmgr *pm, pid_t pid, uint64_t host_file_id,
+				       uint64_t addr, uint64_t ktime, struct lupe_mapping *out)
+{
+	struct process *p;
+	size_t i;
+	int err = -ENOENT;
+
+	pthread_mutex_lock(&pm->lock);
+	p = process_at(pm, pid, ktime);
+	for (i = 0; p && i < p->nmaps; i++) {
+		const struct lupe_mapping *m = &p->maps[i].m;
+		uint64_t a = addr + m->bias;
+
+		if (lupe_file_id_host(m->file_id) == host_file_id && m->vaddr <= a &&
+		    a <= m->vaddr + m->length) {
+			*out = *m;
+			err = 0;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&pm->lock);
+	return err;
+}
+
 ssize_t lupe_procmgr__mappings(struct lupe_procmgr *pm, pid_t pid, struct lupe_mapping_view **out)
 {
 	struct lupe_mapping_view *v;
@@ -1165,4 +1189,50 @@ const struct lupe_ebpf_record *lupe_ebpf_recorder_records(struct lupe_ebpf_handl
 void lupe_ebpf_recorder_clear(struct lupe_ebpf_handler *h)
 {
 	((struct recorder *)h)->n = 0;
+}
+
+/* ---- the null handler ------------------------------------------------------------ */
+
+static int null_pid(struct lupe_ebpf_handler *h, pid_t pid)
+{
+	return 0;
+}
+
+static int null_mapping(struct lupe_ebpf_handler *h, pid_t pid, const struct lupe_mapping *m)
+{
+	return 0;
+}
+
+static int null_load(struct lupe_ebpf_handler *h, uint64_t host, const struct lupe_interval_data *d)
+{
+	return 0;
+}
+
+static int null_unload(struct lupe_ebpf_handler *h, uint64_t host)
+{
+	return 0;
+}
+
+static void null_free(struct lupe_ebpf_handler *h)
+{
+	free(h);
+}
+
+static const struct lupe_ebpf_handler_ops null_ops = {
+	.new_pid = null_pid,
+	.delete_pid = null_pid,
+	.add_mapping = null_mapping,
+	.delete_mapping = null_mapping,
+	.load_deltas = null_load,
+	.unload_deltas = null_unload,
+	.free = null_free,
+};
+
+struct lupe_ebpf_handler *lupe_ebpf_null_new(void)
+{
+	struct lupe_ebpf_handler *h = calloc(1, sizeof(*h));
+
+	if (h)
+		h->ops = &null_ops;
+	return h;
 }

@@ -120,8 +120,10 @@ struct lupe_procmgr_opts {
 	size_t elf_cache_size;                    /* 0: 16384 entries */
 	size_t :0;
 };
+#ifndef LUPE_OPTS
 #define LUPE_OPTS(type, name, ...) \
 	struct type name = { .sz = sizeof(struct type), __VA_ARGS__ }
+#endif
 
 struct lupe_procmgr_stats {
 	uint64_t sync_attempts;
@@ -186,6 +188,12 @@ struct lupe_mapping_view {
 	const char *path;     /* points into the same block as the views */
 	bool deleted;         /* the file was deleted while mapped */
 };
+/* The mapping of pid that maps the file host_file_id and covers ELF address addr (that
+ * is, vaddr <= addr + bias <= vaddr + length: the end is inclusive, a return address may
+ * point just past it), at ktime as above. Returns 0 or -ENOENT. */
+int lupe_procmgr__find_mapping_by_file(struct lupe_procmgr *pm, pid_t pid, uint64_t host_file_id,
+				       uint64_t addr, uint64_t ktime, struct lupe_mapping *out);
+
 /* Snapshot of the newest process with this PID (live, else the last exited), sorted by
  * vaddr. *out is one malloc'd block holding the views and their paths: free(*out).
  * Returns the count, or -ENOENT (not tracked), -ENOMEM. */
@@ -231,6 +239,10 @@ const struct lupe_ebpf_record *lupe_ebpf_recorder_records(struct lupe_ebpf_handl
 void lupe_ebpf_recorder_clear(struct lupe_ebpf_handler *h);
 /* NULL unless h is a recorder. */
 bool lupe_ebpf_handler_is_recorder(const struct lupe_ebpf_handler *h);
+
+/* A handler that accepts everything and writes nothing: for profiling with frame-pointer
+ * stacks, where BPF needs no mappings. */
+struct lupe_ebpf_handler *lupe_ebpf_null_new(void);
 
 /* CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns(). */
 uint64_t lupe_ktime_now(void);
