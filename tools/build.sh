@@ -12,6 +12,7 @@ packages=(
   libbpf-dev bpftool                  # BPF loading, skeletons, vmlinux.h
   libelf-dev zlib1g-dev               # libelf (ELF parsing; libbpf needs it too)
   libssl-dev                          # libcrypto's SHA-256 for file IDs
+  libiberty-dev                       # C++ and Rust demangling (as c++filt)
   libluajit-5.1-dev luajit            # the embedded Lua, and the interpreter for busted
   lua-lpeg lua-busted lua-check       # filters; test runner; linter
   binutils                            # readelf/objdump, used by tests as independent oracles
