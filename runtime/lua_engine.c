@@ -12,12 +12,14 @@
 
 int luaopen_lupe_log(lua_State *L);
 int luaopen_lupe_procmgr(lua_State *L);
+int luaopen_lupe_session(lua_State *L);
 
 /* Opening every submodule is cheap (functions and metatables only), and one table works
  * the same inside the executable and in native.so: native.log, native.procmgr, ... */
 static const luaL_Reg native_modules[] = {
 	{ "log", luaopen_lupe_log },
 	{ "procmgr", luaopen_lupe_procmgr },
+	{ "session", luaopen_lupe_session },
 	{ NULL, NULL },
 };
 

@@ -6,7 +6,14 @@ local M = { version = native.version }
 local lazy = {
   log = "lupe.log",
   procmgr = "lupe.procmgr",
+  u64 = "lupe.u64",
+  output = "lupe.output",
 }
+
+-- lupe.session{...}: see lupe/session.lua.
+function M.session(opts)
+  return require("lupe.session").session(opts)
+end
 
 return setmetatable(M, {
   __index = function(t, k)

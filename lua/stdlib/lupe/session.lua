@@ -1,0 +1,160 @@
+-- Profiling sessions: what to sample, hooks on the aggregate, and the run loop.
+--
+--   local s = lupe.session{ frequency = 99, kernel = true,
+--                           target = "system" | {pids = {...}} | {command = {...}}
+--                                    | {cgroup = "/sys/fs/cgroup/..."} }
+--   s:on_interval(1.0, function(batch) ... end)   -- traces sampled since the last call
+--   s:on_end(function(profile) ... end)           -- the whole profile, once
+--   local profile = s:run{ duration = 10 }        -- until duration, the command's exit,
+--                                                 -- or Ctrl-C (which still runs on_end)
+-- The hot path stays in C: hooks see aggregated, symbolized traces, never samples.
+local native = require("lupe.native").session
+local u64 = require "lupe.u64"
+
+local M = {}
+local from_c = u64.from_c
+local type, error, ipairs, setmetatable = type, error, ipairs, setmetatable
+
+local Session = {}
+Session.__index = Session
+
+-- Monotonic seconds: ktime through the process manager's clock.
+local now do
+  local pm = require("lupe.native").procmgr
+  local ffi = require "ffi"
+  now = function() return tonumber(ffi.cast("const uint64_t *", pm.ktime_now())[0]) / 1e9 end
+end
+M.now = now
+
+local function apply_target(s, target)
+  if target == nil or target == "system" then
+    return s._s:target_system()
+  end
+  if type(target) ~= "table" then
+    error("session: target must be \"system\" or a table, not " .. tostring(target), 3)
+  end
+  if target.pids then return s._s:target_pids(target.pids) end
+  if target.cgroup then return s._s:target_cgroup(target.cgroup) end
+  if target.command then
+    local pid, msg, errno = s._s:start_command(target.command)
+    if not pid then return nil, msg, errno end
+    s.command_pid = pid
+    return true
+  end
+  error("session: target needs one of pids, command, cgroup", 3)
+end
+
+-- Frames of trace idx, converted once and shared by every entry that has that trace.
+function Session:trace(idx)
+  local t = self._traces[idx]
+  if t then return t end
+  t = self._s:trace(idx)
+  for _, f in ipairs(t.frames) do
+    f.addr = from_c(f.addr)
+    if f.offset then f.offset = from_c(f.offset) end
+  end
+  self._traces[idx] = t
+  return t
+end
+
+local function snapshot(self, interval_only)
+  local entries = self._s:entries(interval_only)
+  for _, e in ipairs(entries) do
+    local t = self:trace(e.trace)
+    e.frames, e.hash = t.frames, t.hash
+    if interval_only then e.count = e.interval end
+  end
+  return entries
+end
+
+function Session:on_interval(seconds, fn)
+  if type(seconds) ~= "number" or seconds <= 0 then error("on_interval: seconds must be > 0", 2) end
+  if type(fn) ~= "function" then error("on_interval: expected a function", 2) end
+  self._interval, self._on_interval = seconds, fn
+  return self
+end
+
+function Session:on_end(fn)
+  if type(fn) ~= "function" then error("on_end: expected a function", 2) end
+  self._on_end = fn
+  return self
+end
+
+function Session:stats() return self._s:stats() end
+function Session:set_frequency(hz) return self._s:set_frequency(hz) end
+function Session:frequency() return self._s:frequency() end
+function Session:pause() return self._s:pause() end
+function Session:resume() return self._s:resume() end
+
+-- The profile so far: { entries = {...}, stats = {...}, duration = s, frequency = hz }.
+-- Each entry: count, pid, comm, hash, frames (leaf first: name, module, addr, offset, kind).
+function Session:profile()
+  return {
+    entries = snapshot(self, false),
+    stats = self:stats(),
+    duration = (self._stopped or now()) - self._started,
+    frequency = self:frequency(),
+    target = self._target_desc,
+    exit_status = self.exit_status,
+  }
+end
+
+-- Runs until opts.duration seconds pass, the command exits, opts.stop() returns true, or
+-- SIGINT/SIGTERM. Returns the profile (after on_end, if any).
+function Session:run(opts)
+  opts = opts or {}
+  local duration = opts.duration
+  -- A short drain period keeps short-lived processes readable: a sample's process is
+  -- synchronized while it most likely still runs. A drain costs microseconds.
+  local poll_ms = opts.poll_ms or 10
+  native.install_signal_handlers()
+  local next_interval = self._interval and now() + self._interval
+  while true do
+    local t = now()
+    local wait = poll_ms
+    if duration then wait = math.min(wait, math.max(0, (self._started + duration - t) * 1000)) end
+    local n, msg = self._s:poll(math.floor(wait))
+    if not n then error("session: " .. msg, 2) end
+    t = now()
+    if self._on_interval and t >= next_interval then
+      self._on_interval(snapshot(self, true))
+      self._s:interval_reset()
+      next_interval = t + self._interval
+    end
+    if native.interrupted() then break end
+    if opts.stop and opts.stop() then break end
+    if duration and t - self._started >= duration then break end
+    if self.command_pid then
+      local done, status = self._s:command_done()
+      if done then self.exit_status = status break end
+    end
+  end
+  -- One last drain: samples captured before the stop are not lost.
+  self._s:poll(0)
+  self._stopped = now()
+  local profile = self:profile()
+  if self._on_end then self._on_end(profile) end
+  return profile
+end
+
+function Session:close()
+  self._s:close()
+end
+
+-- opts: frequency (Hz per CPU, default 99), kernel (default true), target,
+-- filter_error_frames. Returns a session, or nil, message, errno.
+function M.session(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("session: expected an options table", 2) end
+  local s, msg, errno = native.new{ frequency = opts.frequency, kernel = opts.kernel ~= false,
+                                    filter_error_frames = opts.filter_error_frames }
+  if not s then return nil, msg, errno end
+  local self = setmetatable({ _s = s, _traces = {}, _started = now() }, Session)
+  local ok, emsg, eno = apply_target(self, opts.target)
+  if not ok then s:close() return nil, emsg, eno end
+  self._target_desc = opts.target or "system"
+  self._started = now()
+  return self
+end
+
+return M

@@ -1,0 +1,752 @@
+#define LUPE_LOG_PREFIX "session: "
+#include "session.h"
+
+#include "hashmap.h"
+#include "log.h"
+#include "symcache.h"
+#include "tracer.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define CLEANUP_INTERVAL_NS (30ull * 1000000000ull)
+/* Error-frame reasons the session adds itself (BPF reasons come with the unwinder). */
+#define LUPE_ERR_USER_TRUNCATED 1
+#define LUPE_ERR_KERNEL_TRUNCATED 2
+
+/* A (raw stack, pid, comm) seen before: the per-sample cache and the aggregate at once. */
+struct entry_raw {
+	uint64_t hash;
+	uint32_t gen;
+	uint16_t klen, ulen;
+	uint64_t *frames;
+};
+
+struct slot {
+	uint64_t hash;
+	uint32_t idx;   /* entry index + 1; 0: empty */
+};
+
+struct lupe_session {
+	struct lupe_tracer *tracer;
+	struct lupe_procmgr *pm;
+	struct lupe_symcache *syms;
+	uint64_t kernel_host;
+	bool filter_errors;
+
+	/* The aggregate: entries[i] with their raw keys raws[i], indexed by slots. */
+	struct lupe_profile_entry *entries;
+	struct entry_raw *raws;
+	size_t nentries, cap_entries;
+	struct slot *slots;
+	size_t nslots;
+
+	/* Unique traces, by their 128-bit hash. */
+	struct lupe_sym_trace *traces;
+	size_t ntraces, cap_traces;
+	struct lupe_hashmap *trace_index;   /* {hash.hi, hash.lo} -> index + 1 */
+	struct lupe_hashmap *strings;       /* {fnv64, len} -> char * */
+	struct lupe_hashmap *gens;          /* {pid, 0} -> generation (exec/exit count) */
+
+	pid_t child;
+	bool child_done;
+	int child_status;
+
+	uint64_t batch_min_ktime;
+	uint64_t last_cleanup;
+	struct lupe_session_stats st;
+};
+
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+	interrupted = 1;
+}
+
+void lupe_session_install_signal_handlers(void)
+{
+	struct sigaction sa = { .sa_handler = on_signal };
+
+	/* No SA_RESTART: the tracer's wait must return EINTR. */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+}
+
+bool lupe_session_interrupted(void)
+{
+	return interrupted;
+}
+
+/* ---- small helpers -------------------------------------------------------------------- */
+
+static uint64_t mix64(uint64_t h)
+{
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdull;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ull;
+	h ^= h >> 33;
+	return h;
+}
+
+static uint64_t hash_words(uint64_t h, const uint64_t *w, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		h = (h ^ w[i]) * 0x9e3779b97f4a7c15ull + (h >> 29);
+	return mix64(h);
+}
+
+static uint64_t fnv64(const char *s, size_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		h ^= (unsigned char)s[i];
+		h *= 0x100000001b3ull;
+	}
+	return h;
+}
+
+/* Interned strings live as long as the session; equal strings share one pointer. */
+static const char *intern(struct lupe_session *s, const char *str)
+{
+	size_t len = strlen(str);
+	struct lupe_key k = { fnv64(str, len), len };
+	char *v;
+
+	for (;;) {
+		v = lupe_hashmap__get(s->strings, k);
+		if (!v)
+			break;
+		if (strcmp(v, str) == 0)
+			return v;
+		k.a++; /* a true 64-bit collision: probe the next key */
+	}
+	v = strdup(str);
+	if (!v || lupe_hashmap__set(s->strings, k, v, NULL)) {
+		free(v);
+		return NULL;
+	}
+	return v;
+}
+
+static const char *basename_of(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+
+	return slash ? slash + 1 : path;
+}
+
+static uint32_t pid_gen(struct lupe_session *s, pid_t pid)
+{
+	return (uint32_t)(uintptr_t)lupe_hashmap__get(s->gens, (struct lupe_key){ (uint32_t)pid, 0 });
+}
+
+static void bump_gen(struct lupe_session *s, pid_t pid)
+{
+	uint32_t g = pid_gen(s, pid) + 1;
+
+	lupe_hashmap__set(s->gens, (struct lupe_key){ (uint32_t)pid, 0 }, (void *)(uintptr_t)g, NULL);
+}
+
+/* The kernel's file ID: the ID of its build-ID notes, so it changes with the kernel. */
+static int kernel_file_id(struct lupe_file_id *id)
+{
+	int fd = open("/sys/kernel/notes", O_RDONLY | O_CLOEXEC);
+	char buf[4096];
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, sizeof(buf));
+	close(fd);
+	if (n <= 0)
+		return n < 0 ? -errno : -ENODATA;
+	lupe_file_id_from_bytes(buf, (size_t)n, id);
+	return 0;
+}
+
+/* ---- symbolization of a new trace ------------------------------------------------------ */
+
+static const char *reason_str(uint64_t code)
+{
+	switch (code) {
+	case LUPE_ERR_USER_TRUNCATED: return "[truncated: user stack too deep]";
+	case LUPE_ERR_KERNEL_TRUNCATED: return "[truncated: kernel stack too deep]";
+	default: return "[unwind error]";
+	}
+}
+
+static int symbolize(struct lupe_session *s, const struct lupe_trace *t, struct lupe_sym_frame *out)
+{
+	uint32_t i;
+
+	for (i = 0; i < t->nframes; i++) {
+		const struct lupe_frame *f = &t->frames[i];
+		struct lupe_sym_frame *o = &out[i];
+		uint8_t kind = f->type & ~LUPE_FRAME_ERROR;
+		bool unknown_file = f->file_id.hi == UINT64_MAX && f->file_id.lo == UINT64_MAX;
+		const char *name = NULL, *module = NULL, *path;
+
+		*o = (struct lupe_sym_frame){ .addr = f->addr_or_line, .type = f->type };
+		if (lupe_frame_is_error(f->type)) {
+			o->kind = LUPE_SYM_ERROR;
+			o->name = intern(s, reason_str(f->addr_or_line));
+			continue;
+		}
+		if (kind == LUPE_FRAME_KERNEL) {
+			o->kind = LUPE_SYM_KERNEL;
+			name = lupe_symcache__kernel(s->syms, f->addr_or_line, &o->offset, &module);
+			o->module = intern(s, module ? module : "[kernel]");
+		} else if (kind == LUPE_FRAME_NATIVE && !unknown_file) {
+			o->kind = LUPE_SYM_NATIVE;
+			name = lupe_symcache__native(s->syms, lupe_file_id_host(f->file_id),
+						     f->addr_or_line, &o->offset);
+			path = lupe_symcache__path(s->syms, lupe_file_id_host(f->file_id));
+			o->module = path ? intern(s, basename_of(path)) : NULL;
+			if (!name)
+				s->st.symbol_misses++;
+		} else {
+			o->kind = LUPE_SYM_UNKNOWN;
+		}
+		if (name) {
+			o->name = intern(s, name);
+			if (!o->name)
+				return -ENOMEM;
+		}
+	}
+	return 0;
+}
+
+/* The index of the trace with this hash, converting and symbolizing it if new. */
+static int intern_trace(struct lupe_session *s, struct lupe_trace *t, uint32_t *idx)
+{
+	struct lupe_key k = { t->hash.hi, t->hash.lo };
+	uintptr_t v = (uintptr_t)lupe_hashmap__get(s->trace_index, k);
+	struct lupe_sym_frame *frames;
+	int err;
+
+	if (v) {
+		free(t);
+		*idx = (uint32_t)(v - 1);
+		return 0;
+	}
+	if (s->ntraces == s->cap_traces) {
+		size_t cap = s->cap_traces ? s->cap_traces * 2 : 256;
+		void *p = realloc(s->traces, cap * sizeof(*s->traces));
+
+		if (!p)
+			goto nomem;
+		s->traces = p;
+		s->cap_traces = cap;
+	}
+	frames = calloc(t->nframes ? t->nframes : 1, sizeof(*frames));
+	if (!frames)
+		goto nomem;
+	err = symbolize(s, t, frames);
+	if (err || lupe_hashmap__set(s->trace_index, k, (void *)(uintptr_t)(s->ntraces + 1), NULL)) {
+		free(frames);
+		goto nomem;
+	}
+	s->traces[s->ntraces] = (struct lupe_sym_trace){
+		.hash = t->hash, .nframes = t->nframes, .frames = frames, .converted = t };
+	*idx = (uint32_t)s->ntraces++;
+	s->st.traces = s->ntraces;
+	return 0;
+nomem:
+	free(t);
+	return -ENOMEM;
+}
+
+/* ---- the per-sample path ------------------------------------------------------------- */
+
+static int grow_slots(struct lupe_session *s)
+{
+	size_t n = s->nslots ? s->nslots * 2 : 4096, i;
+	struct slot *slots = calloc(n, sizeof(*slots));
+
+	if (!slots)
+		return -ENOMEM;
+	for (i = 0; i < s->nentries; i++) {
+		size_t j = s->raws[i].hash & (n - 1);
+
+		while (slots[j].idx)
+			j = (j + 1) & (n - 1);
+		slots[j] = (struct slot){ s->raws[i].hash, (uint32_t)i + 1 };
+	}
+	free(s->slots);
+	s->slots = slots;
+	s->nslots = n;
+	return 0;
+}
+
+static bool same_raw(const struct entry_raw *r, const struct lupe_profile_entry *e,
+		     const struct lupe_sample *smp, uint32_t gen)
+{
+	return r->gen == gen && e->pid == (pid_t)smp->pid && r->klen == smp->kernel_len &&
+	       r->ulen == smp->user_len && memcmp(e->comm, smp->comm, sizeof(e->comm)) == 0 &&
+	       memcmp(r->frames, smp->frames, 8 * (size_t)(r->klen + r->ulen)) == 0;
+}
+
+/* A miss: resolve user addresses to (file, ELF address), convert, symbolize, add. */
+static int new_entry(struct lupe_session *s, const struct lupe_sample *smp, uint64_t hash,
+		     uint32_t gen, size_t slot)
+{
+	struct lupe_raw_frame rf[LUPE_MAX_FRAMES + 2];
+	size_t n = 0, i, nf = (size_t)smp->kernel_len + smp->user_len;
+	struct lupe_raw_trace raw = { .pid = (pid_t)smp->pid, .tid = (pid_t)smp->tid,
+				      .ktime = smp->ktime };
+	struct lupe_profile_entry *e;
+	struct entry_raw *r;
+	struct lupe_trace *t;
+	bool resynced = false;
+	uint32_t tidx;
+	int err;
+
+	for (i = 0; i < smp->kernel_len; i++)
+		rf[n++] = (struct lupe_raw_frame){ .file = s->kernel_host, .addr_or_line = smp->frames[i],
+						   .type = LUPE_FRAME_KERNEL, .return_address = i > 0 };
+	if (smp->flags & LUPE_SAMPLE_KERNEL_TRUNC)
+		rf[n++] = (struct lupe_raw_frame){ .addr_or_line = LUPE_ERR_KERNEL_TRUNCATED,
+						   .type = LUPE_FRAME_KERNEL | LUPE_FRAME_ERROR };
+	for (i = 0; i < smp->user_len; i++) {
+		uint64_t addr = smp->frames[smp->kernel_len + i];
+		struct lupe_mapping m;
+		int miss;
+
+		/* A return address points after the call, possibly past the mapping's end. */
+		miss = lupe_procmgr__find_mapping(s->pm, raw.pid, i > 0 ? addr - 1 : addr,
+						  smp->ktime, &m, NULL, 0);
+		if (miss && !resynced) {
+			resynced = true;
+			s->st.resyncs++;
+			lupe_procmgr__synchronize_process(s->pm, raw.pid);
+			miss = lupe_procmgr__find_mapping(s->pm, raw.pid, i > 0 ? addr - 1 : addr,
+							  smp->ktime, &m, NULL, 0);
+		}
+		if (miss) {
+			s->st.unknown_frames++;
+			rf[n++] = (struct lupe_raw_frame){ .addr_or_line = addr,
+							   .type = LUPE_FRAME_NATIVE,
+							   .return_address = i > 0 };
+			continue;
+		}
+		rf[n++] = (struct lupe_raw_frame){ .file = lupe_file_id_host(m.file_id),
+						   .addr_or_line = addr - m.bias,
+						   .type = LUPE_FRAME_NATIVE, .return_address = i > 0 };
+	}
+	if (smp->flags & LUPE_SAMPLE_USER_TRUNC)
+		rf[n++] = (struct lupe_raw_frame){ .addr_or_line = LUPE_ERR_USER_TRUNCATED,
+						   .type = LUPE_FRAME_NATIVE | LUPE_FRAME_ERROR };
+	raw.nframes = (uint32_t)n;
+	raw.frames = rf;
+	err = lupe_procmgr__convert_trace(s->pm, &raw, &t);
+	if (err)
+		return err;
+	err = intern_trace(s, t, &tidx);
+	if (err)
+		return err;
+
+	if (s->nentries == s->cap_entries) {
+		size_t cap = s->cap_entries ? s->cap_entries * 2 : 1024;
+		void *e2 = realloc(s->entries, cap * sizeof(*s->entries));
+
+		if (!e2)
+			return -ENOMEM;
+		s->entries = e2;
+		e2 = realloc(s->raws, cap * sizeof(*s->raws));
+		if (!e2)
+			return -ENOMEM;
+		s->raws = e2;
+		s->cap_entries = cap;
+	}
+	r = &s->raws[s->nentries];
+	r->frames = malloc(8 * (nf ? nf : 1));
+	if (!r->frames)
+		return -ENOMEM;
+	memcpy(r->frames, smp->frames, 8 * nf);
+	r->hash = hash;
+	r->gen = gen;
+	r->klen = smp->kernel_len;
+	r->ulen = smp->user_len;
+	e = &s->entries[s->nentries];
+	*e = (struct lupe_profile_entry){ .trace = tidx, .pid = raw.pid, .count = 1, .interval = 1,
+					  .first_ktime = smp->ktime, .last_ktime = smp->ktime };
+	memcpy(e->comm, smp->comm, sizeof(e->comm));
+	s->slots[slot] = (struct slot){ hash, (uint32_t)++s->nentries };
+	s->st.entries = s->nentries;
+	if (s->nentries * 2 > s->nslots)
+		return grow_slots(s);
+	return 0;
+}
+
+static int on_sample(void *ctx, const struct lupe_sample *smp)
+{
+	struct lupe_session *s = ctx;
+	size_t nf = (size_t)smp->kernel_len + smp->user_len;
+	uint32_t gen = pid_gen(s, (pid_t)smp->pid);
+	uint64_t head[4], hash;
+	size_t j;
+
+	if (nf > LUPE_MAX_FRAMES) {
+		s->st.bpf_bad_records++;
+		return 0;
+	}
+	if (smp->ktime < s->batch_min_ktime)
+		s->batch_min_ktime = smp->ktime;
+	s->st.samples++;
+	head[0] = ((uint64_t)smp->pid << 32) | gen;
+	head[1] = ((uint64_t)smp->kernel_len << 16) | smp->user_len;
+	memcpy(&head[2], smp->comm, 16);
+	hash = hash_words(hash_words(0, head, 4), (const uint64_t *)smp->frames, nf);
+
+	for (j = hash & (s->nslots - 1); s->slots[j].idx; j = (j + 1) & (s->nslots - 1)) {
+		size_t i = s->slots[j].idx - 1;
+
+		if (s->slots[j].hash != hash)
+			continue;
+		if (same_raw(&s->raws[i], &s->entries[i], smp, gen)) {
+			s->entries[i].count++;
+			s->entries[i].interval++;
+			s->entries[i].last_ktime = smp->ktime;
+			s->st.cache_hits++;
+			return 0;
+		}
+		s->st.hash_collisions++;
+	}
+	s->st.cache_misses++;
+	return new_entry(s, smp, hash, gen, j);
+}
+
+static int on_event(void *ctx, const struct lupe_proc_event *ev)
+{
+	struct lupe_session *s = ctx;
+	pid_t pid = (pid_t)ev->pid;
+
+	switch (ev->type) {
+	case LUPE_EV_EXEC:
+		/* The old image stays for samples captured before the exec (conversion looks
+		 * mappings up by capture time); the new one is read when a sample needs it, so
+		 * the many execs of a busy machine cost nothing unless they are sampled. */
+		s->st.exec_events++;
+		lupe_procmgr__pid_exit(s->pm, pid, ev->ktime);
+		bump_gen(s, pid);
+		break;
+	case LUPE_EV_EXIT:
+		s->st.exit_events++;
+		lupe_procmgr__pid_exit(s->pm, pid, ev->ktime);
+		bump_gen(s, pid);
+		break;
+	case LUPE_EV_NEW_PID:
+		s->st.new_pid_events++;
+		lupe_procmgr__synchronize_process(s->pm, pid);
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+int lupe_session__poll(struct lupe_session *s, int timeout_ms)
+{
+	static const struct lupe_tracer_handlers h = { .sample = on_sample, .event = on_event };
+	uint64_t start = lupe_ktime_now();
+	int n;
+
+	s->batch_min_ktime = UINT64_MAX;
+	n = lupe_tracer__poll(s->tracer, timeout_ms, &h, s);
+	/* Everything captured before the oldest sample of this batch (or before the drain
+	 * began, if it was empty) has been converted: processes that exited by then can go. */
+	lupe_procmgr__symbolization_complete(s->pm, s->batch_min_ktime < start ? s->batch_min_ktime
+										 : start);
+	if (start - s->last_cleanup > CLEANUP_INTERVAL_NS) {
+		s->last_cleanup = start;
+		lupe_procmgr__cleanup_pids(s->pm);
+	}
+	if (s->child > 0 && !s->child_done && waitpid(s->child, &s->child_status, WNOHANG) == s->child)
+		s->child_done = true;
+	return n;
+}
+
+/* ---- targets and the command ------------------------------------------------------------ */
+
+int lupe_session__target_system(struct lupe_session *s)
+{
+	return lupe_tracer__target_all(s->tracer);
+}
+
+int lupe_session__target_pids(struct lupe_session *s, const pid_t *pids, size_t n)
+{
+	size_t i;
+	int err = lupe_tracer__target_pids(s->tracer, pids, n);
+
+	for (i = 0; !err && i < n; i++)
+		lupe_procmgr__synchronize_process(s->pm, pids[i]);
+	return err;
+}
+
+int lupe_session__target_cgroup(struct lupe_session *s, const char *path)
+{
+	struct stat st;
+
+	if (stat(path, &st) < 0) {
+		int err = -errno;
+
+		pr_warn("cgroup '%s': %s", path, lupe_errstr(err));
+		return err;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		pr_warn("cgroup '%s': not a cgroup v2 directory", path);
+		return -ENOTDIR;
+	}
+	return lupe_tracer__target_cgroup(s->tracer, st.st_ino);
+}
+
+int lupe_session__start_command(struct lupe_session *s, char *const argv[])
+{
+	int go[2], fail[2], err = 0, child_err;
+	ssize_t n;
+	pid_t pid;
+
+	if (!argv || !argv[0])
+		return -EINVAL;
+	if (pipe2(go, O_CLOEXEC) < 0)
+		return -errno;
+	if (pipe2(fail, O_CLOEXEC) < 0) {
+		err = -errno;
+		close(go[0]);
+		close(go[1]);
+		return err;
+	}
+	pid = fork();
+	if (pid < 0) {
+		err = -errno;
+		goto out;
+	}
+	if (pid == 0) {
+		char c;
+
+		/* Wait until the tracer follows us, so the exec itself is profiled. */
+		close(go[1]);
+		close(fail[0]);
+		if (read(go[0], &c, 1) != 1)
+			_exit(127);
+		signal(SIGINT, SIG_DFL);
+		signal(SIGTERM, SIG_DFL);
+		execvp(argv[0], argv);
+		child_err = errno;
+		if (write(fail[1], &child_err, sizeof(child_err)) < 0)
+			_exit(127);
+		_exit(127);
+	}
+	close(go[0]);
+	go[0] = -1;
+	close(fail[1]);
+	fail[1] = -1;
+	err = lupe_tracer__follow_pid(s->tracer, pid);
+	if (err) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		goto out;
+	}
+	if (write(go[1], "g", 1) != 1) {
+		err = -errno;
+		goto out;
+	}
+	/* EOF: exec succeeded (the pipe closed on exec); else the child's errno. */
+	n = read(fail[0], &child_err, sizeof(child_err));
+	if (n == sizeof(child_err)) {
+		waitpid(pid, NULL, 0);
+		err = -child_err;
+		pr_warn("cannot run '%s': %s", argv[0], lupe_errstr(err));
+		goto out;
+	}
+	s->child = pid;
+	err = pid;
+out:
+	if (go[0] >= 0)
+		close(go[0]);
+	close(go[1]);
+	close(fail[0]);
+	if (fail[1] >= 0)
+		close(fail[1]);
+	return err;
+}
+
+bool lupe_session__command_done(struct lupe_session *s, int *status)
+{
+	if (s->child > 0 && !s->child_done && waitpid(s->child, &s->child_status, WNOHANG) == s->child)
+		s->child_done = true;
+	if (s->child_done && status)
+		*status = s->child_status;
+	return s->child_done;
+}
+
+int lupe_session__set_frequency(struct lupe_session *s, unsigned int hz)
+{
+	return lupe_tracer__set_frequency(s->tracer, hz);
+}
+
+unsigned int lupe_session__frequency(const struct lupe_session *s)
+{
+	return lupe_tracer__frequency(s->tracer);
+}
+
+int lupe_session__pause(struct lupe_session *s)
+{
+	return lupe_tracer__pause(s->tracer);
+}
+
+int lupe_session__resume(struct lupe_session *s)
+{
+	return lupe_tracer__resume(s->tracer);
+}
+
+/* ---- the aggregate ----------------------------------------------------------------------- */
+
+const struct lupe_profile_entry *lupe_session__entries(struct lupe_session *s, size_t *n)
+{
+	*n = s->nentries;
+	return s->entries;
+}
+
+const struct lupe_sym_trace *lupe_session__trace(struct lupe_session *s, uint32_t idx)
+{
+	return idx < s->ntraces ? &s->traces[idx] : NULL;
+}
+
+size_t lupe_session__ntraces(struct lupe_session *s)
+{
+	return s->ntraces;
+}
+
+void lupe_session__interval_reset(struct lupe_session *s)
+{
+	size_t i;
+
+	for (i = 0; i < s->nentries; i++)
+		s->entries[i].interval = 0;
+}
+
+void lupe_session__stats(struct lupe_session *s, struct lupe_session_stats *out)
+{
+	struct lupe_tracer_stats ts = { 0 };
+
+	lupe_tracer__stats(s->tracer, &ts);
+	s->st.samples_seen = ts.samples_seen;
+	s->st.idle = ts.idle;
+	s->st.filtered = ts.filtered;
+	s->st.emitted = ts.emitted;
+	s->st.lost = ts.ringbuf_full;
+	s->st.kernel_stack_err = ts.kernel_stack_err;
+	s->st.user_stack_err = ts.user_stack_err;
+	s->st.kernel_trunc = ts.kernel_trunc;
+	s->st.user_trunc = ts.user_trunc;
+	s->st.events_lost = ts.events_lost;
+	s->st.ncpus = ts.ncpus;
+	lupe_procmgr__stats(s->pm, &s->st.pm);
+	*out = s->st;
+	out->bpf_bad_records += ts.bad_records;
+}
+
+struct lupe_procmgr *lupe_session__procmgr(struct lupe_session *s)
+{
+	return s->pm;
+}
+
+/* ---- construction ------------------------------------------------------------------------ */
+
+#define OPT(opts, field, def) \
+	((opts) && (opts)->sz > offsetof(typeof(*(opts)), field) ? (opts)->field : (def))
+
+struct lupe_session *lupe_session__new(const struct lupe_session_opts *opts)
+{
+	LUPE_OPTS(lupe_tracer_opts, topts, .frequency = OPT(opts, frequency, 0),
+		  .no_kernel_stacks = OPT(opts, no_kernel, false),
+		  .ringbuf_bytes = OPT(opts, ringbuf_bytes, 0));
+	struct lupe_session *s = calloc(1, sizeof(*s));
+	struct lupe_file_id kid;
+	int err = -ENOMEM;
+
+	if (!s) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	s->filter_errors = OPT(opts, filter_error_frames, false);
+	s->syms = lupe_symcache__new(NULL);
+	s->trace_index = lupe_hashmap__new();
+	s->strings = lupe_hashmap__new();
+	s->gens = lupe_hashmap__new();
+	if (!s->syms || !s->trace_index || !s->strings || !s->gens || grow_slots(s))
+		goto err_out;
+	{
+		LUPE_OPTS(lupe_procmgr_opts, popts, .ebpf = lupe_ebpf_null_new(),
+			  .reporter = lupe_symcache__reporter(s->syms),
+			  .filter_error_frames = s->filter_errors);
+		s->pm = lupe_procmgr__new(&popts);
+	}
+	if (!s->pm)
+		goto err_out;
+	if (kernel_file_id(&kid) == 0) {
+		struct lupe_fileid_mapper *m = lupe_procmgr__file_id_mapper(s->pm);
+
+		s->kernel_host = lupe_file_id_host(kid);
+		m->ops->set(m, s->kernel_host, kid);
+	}
+	s->tracer = lupe_tracer__new(&topts);
+	if (!s->tracer) {
+		err = -errno;
+		goto err_out;
+	}
+	s->last_cleanup = lupe_ktime_now();
+	return s;
+err_out:
+	lupe_session__free(s);
+	errno = -err;
+	return NULL;
+}
+
+void lupe_session__free(struct lupe_session *s)
+{
+	size_t pos = 0, i;
+	struct lupe_key k;
+	void *v;
+
+	if (!s)
+		return;
+	lupe_tracer__free(s->tracer);
+	if (s->child > 0 && !s->child_done) {
+		kill(s->child, SIGKILL);
+		waitpid(s->child, NULL, 0);
+	}
+	lupe_procmgr__free(s->pm);    /* before the symbol cache it reports to */
+	lupe_symcache__free(s->syms);
+	for (i = 0; i < s->nentries; i++)
+		free(s->raws[i].frames);
+	for (i = 0; i < s->ntraces; i++) {
+		free((void *)s->traces[i].frames);
+		free((void *)s->traces[i].converted);
+	}
+	free(s->entries);
+	free(s->raws);
+	free(s->slots);
+	free(s->traces);
+	while (s->strings && lupe_hashmap__next(s->strings, &pos, &k, &v))
+		free(v);
+	lupe_hashmap__free(s->strings);
+	lupe_hashmap__free(s->trace_index);
+	lupe_hashmap__free(s->gens);
+	free(s);
+}
