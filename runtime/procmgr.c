@@ -519,6 +519,7 @@ static int sync_locked(struct lupe_procmgr *pm, pid_t pid)
 	struct process *p = lupe_hashmap__get(pm->live, pid_key(pid));
 	struct pm_map *maps = NULL;
 	struct anon_region *anon = NULL;
+	bool *fresh = NULL;
 	size_t i, j = 0, nmaps = 0, nanon = 0, nfile = 0;
 	int err;
 
@@ -561,7 +562,8 @@ static int sync_locked(struct lupe_procmgr *pm, pid_t pid)
 	}
 	maps = calloc(nfile, sizeof(*maps));
 	anon = nanon ? calloc(nanon, sizeof(*anon)) : NULL;
-	if (!maps || (nanon && !anon)) {
+	fresh = calloc(nfile, sizeof(*fresh));
+	if (!maps || !fresh || (nanon && !anon)) {
 		err = -ENOMEM;
 		goto out;
 	}
@@ -594,11 +596,8 @@ static int sync_locked(struct lupe_procmgr *pm, pid_t pid)
 			j++;
 			continue;
 		}
-		if (new_mapping(pm, pid, pmap, &maps[nmaps]) == 0) {
-			ebpf_result(pm, pm->ebpf->ops->add_mapping(pm->ebpf, pid, &maps[nmaps].m),
-				    "add mapping", pid);
-			nmaps++;
-		}
+		if (new_mapping(pm, pid, pmap, &maps[nmaps]) == 0)
+			fresh[nmaps++] = true;
 	}
 	for (j = 0; j < p->nmaps; j++) {
 		if (!p->maps[j].exe)
@@ -608,6 +607,11 @@ static int sync_locked(struct lupe_procmgr *pm, pid_t pid)
 		exe_put(pm, p->maps[j].exe);
 		free(p->maps[j].path);
 	}
+	/* Adds after deletes: BPF deletes by range, and a new mapping may overlap one removed. */
+	for (i = 0; i < nmaps; i++)
+		if (fresh[i])
+			ebpf_result(pm, pm->ebpf->ops->add_mapping(pm->ebpf, pid, &maps[i].m),
+				    "add mapping", pid);
 	pm->st.mappings += nmaps - p->nmaps;
 	pm->st.anon_regions += nanon - p->nanon;
 	free(p->maps);
@@ -621,6 +625,7 @@ static int sync_locked(struct lupe_procmgr *pm, pid_t pid)
 out:
 	free(maps);
 	free(anon);
+	free(fresh);
 	lupe_procmaps_release(&pmaps);
 	return err;
 }
