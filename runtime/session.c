@@ -459,14 +459,27 @@ static int on_event(void *ctx, const struct lupe_proc_event *ev)
 	return 0;
 }
 
+int lupe_session__ingest_sample(struct lupe_session *s, const struct lupe_sample *smp)
+{
+	return on_sample(s, smp);
+}
+
+int lupe_session__ingest_event(struct lupe_session *s, const struct lupe_proc_event *ev)
+{
+	return on_event(s, ev);
+}
+
 int lupe_session__poll(struct lupe_session *s, int timeout_ms)
 {
 	static const struct lupe_tracer_handlers h = { .sample = on_sample, .event = on_event };
 	uint64_t start = lupe_ktime_now();
-	int n;
+	int n = 0;
 
 	s->batch_min_ktime = UINT64_MAX;
-	n = lupe_tracer__poll(s->tracer, timeout_ms, &h, s);
+	if (s->tracer)
+		n = lupe_tracer__poll(s->tracer, timeout_ms, &h, s);
+	else if (timeout_ms > 0)
+		usleep((useconds_t)timeout_ms * 1000);
 	/* Everything captured before the oldest sample of this batch (or before the drain
 	 * began, if it was empty) has been converted: processes that exited by then can go. */
 	lupe_procmgr__symbolization_complete(s->pm, s->batch_min_ktime < start ? s->batch_min_ktime
@@ -484,13 +497,15 @@ int lupe_session__poll(struct lupe_session *s, int timeout_ms)
 
 int lupe_session__target_system(struct lupe_session *s)
 {
+	if (!s->tracer)
+		return -EOPNOTSUPP;
 	return lupe_tracer__target_all(s->tracer);
 }
 
 int lupe_session__target_pids(struct lupe_session *s, const pid_t *pids, size_t n)
 {
 	size_t i;
-	int err = lupe_tracer__target_pids(s->tracer, pids, n);
+	int err = s->tracer ? lupe_tracer__target_pids(s->tracer, pids, n) : -EOPNOTSUPP;
 
 	for (i = 0; !err && i < n; i++)
 		lupe_procmgr__synchronize_process(s->pm, pids[i]);
@@ -501,6 +516,8 @@ int lupe_session__target_cgroup(struct lupe_session *s, const char *path)
 {
 	struct stat st;
 
+	if (!s->tracer)
+		return -EOPNOTSUPP;
 	if (stat(path, &st) < 0) {
 		int err = -errno;
 
@@ -522,6 +539,8 @@ int lupe_session__start_command(struct lupe_session *s, char *const argv[])
 
 	if (!argv || !argv[0])
 		return -EINVAL;
+	if (!s->tracer)
+		return -EOPNOTSUPP;
 	if (pipe2(go, O_CLOEXEC) < 0)
 		return -errno;
 	if (pipe2(fail, O_CLOEXEC) < 0) {
@@ -596,22 +615,22 @@ bool lupe_session__command_done(struct lupe_session *s, int *status)
 
 int lupe_session__set_frequency(struct lupe_session *s, unsigned int hz)
 {
-	return lupe_tracer__set_frequency(s->tracer, hz);
+	return s->tracer ? lupe_tracer__set_frequency(s->tracer, hz) : -EOPNOTSUPP;
 }
 
 unsigned int lupe_session__frequency(const struct lupe_session *s)
 {
-	return lupe_tracer__frequency(s->tracer);
+	return s->tracer ? lupe_tracer__frequency(s->tracer) : 0;
 }
 
 int lupe_session__pause(struct lupe_session *s)
 {
-	return lupe_tracer__pause(s->tracer);
+	return s->tracer ? lupe_tracer__pause(s->tracer) : -EOPNOTSUPP;
 }
 
 int lupe_session__resume(struct lupe_session *s)
 {
-	return lupe_tracer__resume(s->tracer);
+	return s->tracer ? lupe_tracer__resume(s->tracer) : -EOPNOTSUPP;
 }
 
 /* ---- the aggregate ----------------------------------------------------------------------- */
@@ -644,7 +663,8 @@ void lupe_session__stats(struct lupe_session *s, struct lupe_session_stats *out)
 {
 	struct lupe_tracer_stats ts = { 0 };
 
-	lupe_tracer__stats(s->tracer, &ts);
+	if (s->tracer)
+		lupe_tracer__stats(s->tracer, &ts);
 	s->st.samples_seen = ts.samples_seen;
 	s->st.idle = ts.idle;
 	s->st.filtered = ts.filtered;
@@ -705,10 +725,12 @@ struct lupe_session *lupe_session__new(const struct lupe_session_opts *opts)
 		s->kernel_host = lupe_file_id_host(kid);
 		m->ops->set(m, s->kernel_host, kid);
 	}
-	s->tracer = lupe_tracer__new(&topts);
-	if (!s->tracer) {
-		err = -errno;
-		goto err_out;
+	if (!OPT(opts, offline, false)) {
+		s->tracer = lupe_tracer__new(&topts);
+		if (!s->tracer) {
+			err = -errno;
+			goto err_out;
+		}
 	}
 	s->last_cleanup = lupe_ktime_now();
 	return s;

@@ -29,6 +29,9 @@ struct lupe_session_opts {
 	bool no_kernel;               /* no kernel stacks */
 	bool filter_error_frames;
 	size_t ringbuf_bytes;         /* 0: the tracer's default */
+	/* No BPF at all: samples come from lupe_session__ingest (replay, benchmarks, tests
+	 * without privileges). Targets, frequency and pause then return -EOPNOTSUPP. */
+	bool offline;
 	size_t :0;
 };
 
@@ -55,6 +58,13 @@ bool lupe_session__command_done(struct lupe_session *s, int *status);
  * processes whose traces are all converted. Returns the number of records, or -EINTR
  * (a signal arrived: check lupe_session__interrupted), or another negative errno. */
 int lupe_session__poll(struct lupe_session *s, int timeout_ms);
+
+/* Feeds one sample or process event as if the tracer had drained it (the sample is
+ * borrowed for the call). Returns 0 or a negative errno. */
+struct lupe_sample;
+struct lupe_proc_event;
+int lupe_session__ingest_sample(struct lupe_session *s, const struct lupe_sample *smp);
+int lupe_session__ingest_event(struct lupe_session *s, const struct lupe_proc_event *ev);
 
 /* SIGINT/SIGTERM set a flag that ends the wait (installed once, process-wide). */
 void lupe_session_install_signal_handlers(void);
