@@ -1,0 +1,346 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The sampler: a perf_event program run on every CPU at N Hz that filters the interrupted
+ * task against the target set, reads its kernel and user stacks (frame pointers, for now)
+ * and writes one lupe_sample into the samples ring; plus three sched tracepoints that keep
+ * the target set in step with forks and report exec/exit/fork to user space.
+ * Nothing wakes user space per record: it drains the rings on a timer (a wakeup costs
+ * ~5 us per sample here, more than the rest of the program). */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "sampler.h"
+
+/* vmlinux.h carries no errno macros. */
+#define E2BIG 7
+
+/* Fixed at load by the loader. */
+const volatile bool kernel_stacks = true;
+const volatile bool user_stacks = true;
+/* Frames bpf_get_stack returns at most: min(LUPE_MAX_FRAMES, kernel.perf_event_max_stack).
+ * A stack that reaches it is flagged truncated. */
+const volatile __u32 stack_limit = LUPE_MAX_FRAMES;
+/* An exec less than this long after the pid's last reported exec is not reported; the
+ * pid's next sample reports it instead (LUPE_EV_NEW_PID), once the exec chain settled. */
+const volatile __u64 report_interval_ns = 100000000;
+/* Above this much unread data a submit wakes the consumer, so a consumer that sleeps too
+ * long loses nothing while it could still catch up. */
+const volatile __u64 samples_wake_bytes = 1 << 22;
+const volatile __u64 events_wake_bytes = 1 << 17;
+
+/* Switchable while running (user space writes it through the mmap'd .bss). Fill the target
+ * maps before switching to a mode that reads them. */
+volatile __u32 target_mode = LUPE_TARGET_ALL;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 23);
+} samples SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 18);
+} events SEC(".maps");
+
+/* tgid -> LUPE_TARGET_* flags. Sized before load (max_pids). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, __u8);
+} targets SEC(".maps");
+
+/* cgroup v2 id -> 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u64);
+	__type(value, __u8);
+} cgroups SEC(".maps");
+
+/* Which pids user space has been told about (by fork, exec or NEW_PID). LRU, so a pid
+ * evicted by churn is merely reported again. */
+struct lupe_report_state {
+	__u64 last_exec;        /* ktime of the last exec reported; 0: none */
+	__u64 stale;            /* an exec went unreported: the next sample reports the pid */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct lupe_report_state);
+} reported SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lupe_sampler_counters);
+} counters SEC(".maps");
+
+/* The record is built here (the BPF stack is 512 bytes). The spare frames after it let the
+ * user stack be written right after a kernel stack of any length with a constant size;
+ * what does not fit in the record is cut before submitting. */
+struct lupe_scratch {
+	struct lupe_sample s;
+	__u64 spare[LUPE_MAX_FRAMES];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lupe_scratch);
+} scratch SEC(".maps");
+
+static __always_inline struct lupe_sampler_counters *get_counters(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&counters, &zero);
+}
+
+/* Atomic although per-CPU: the perf_event program can interrupt a tracepoint program
+ * on the same CPU, and both count events. */
+#define COUNT(c, field) do { if (c) __sync_fetch_and_add(&(c)->field, 1); } while (0)
+
+static __always_inline bool cgroup_match(void)
+{
+	__u64 id;
+	int level;
+
+	id = bpf_get_current_cgroup_id();
+	if (bpf_map_lookup_elem(&cgroups, &id))
+		return true;
+	/* Ancestors from the root down; 0 past the task's own level. */
+	for (level = 0; level < LUPE_CGROUP_MAX_DEPTH; level++) {
+		id = bpf_get_current_ancestor_cgroup_id(level);
+		if (!id)
+			break;
+		if (bpf_map_lookup_elem(&cgroups, &id))
+			return true;
+	}
+	return false;
+}
+
+/* Whether the current task (of thread group tgid) is a target. */
+static __always_inline bool is_target(__u32 tgid)
+{
+	__u32 mode = target_mode;
+
+	if (mode == LUPE_TARGET_ALL)
+		return true;
+	if (mode == LUPE_TARGET_PIDS)
+		return bpf_map_lookup_elem(&targets, &tgid) != NULL;
+	if (mode == LUPE_TARGET_CGROUP)
+		return cgroup_match();
+	return false;
+}
+
+/* Returns whether the event was submitted. */
+static __always_inline bool emit_event(struct lupe_sampler_counters *c, __u32 type,
+				       __u32 pid, __u32 ppid, __s32 exit_code, __u64 now,
+				       const char *comm)
+{
+	struct lupe_proc_event *e;
+	__u64 flags = BPF_RB_NO_WAKEUP;
+
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > events_wake_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		COUNT(c, events_lost);
+		return false;
+	}
+	e->type = type;
+	e->pid = pid;
+	e->ppid = ppid;
+	e->exit_code = exit_code;
+	e->ktime = now;
+	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), comm);
+	bpf_ringbuf_submit(e, flags);
+	COUNT(c, events_emitted);
+	return true;
+}
+
+SEC("perf_event")
+int lupe_sample(struct bpf_perf_event_data *ctx)
+{
+	struct lupe_sampler_counters *c = get_counters();
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32, zero = 0;
+	struct lupe_scratch *sc;
+	struct lupe_sample *s;
+	struct lupe_report_state *rs, fresh = {};
+	struct task_struct *task;
+	__u64 now, size, rb_flags = BPF_RB_NO_WAKEUP;
+	long kret = 0, uret = 0;
+	__u32 klen = 0, ulen = 0, room;
+
+	COUNT(c, samples_seen);
+	if (tgid == 0) {
+		COUNT(c, idle);
+		return 0;
+	}
+	if (!is_target(tgid)) {
+		COUNT(c, filtered);
+		return 0;
+	}
+	sc = bpf_map_lookup_elem(&scratch, &zero);
+	if (!sc)
+		return 0;
+	s = &sc->s;
+	now = bpf_ktime_get_ns();
+	s->pid = tgid;
+	s->tid = (__u32)pid_tgid;
+	s->cpu = bpf_get_smp_processor_id();
+	s->ktime = now;
+	s->flags = 0;
+	s->user_err = 0;
+	bpf_get_current_comm(s->comm, sizeof(s->comm));
+	/* 8-byte load: narrower ctx loads (regs.cs) are rejected. Kernel addresses have the
+	 * top bit set on x86-64 and arm64. */
+	if ((__s64)PT_REGS_IP(&ctx->regs) < 0)
+		s->flags |= LUPE_SAMPLE_KERNEL_MODE;
+
+	if (kernel_stacks) {
+		kret = bpf_get_stack(ctx, s->frames, LUPE_MAX_FRAMES * 8, 0);
+		if (kret < 0) {
+			COUNT(c, kernel_stack_err);
+			kret = 0;
+		}
+		klen = (__u64)kret / 8;
+		if (klen > LUPE_MAX_FRAMES)
+			klen = LUPE_MAX_FRAMES;
+		if (klen >= stack_limit) {
+			s->flags |= LUPE_SAMPLE_KERNEL_TRUNC;
+			COUNT(c, kernel_trunc);
+		}
+	}
+	if (user_stacks) {
+		/* For a sample taken in the kernel the helper unwinds from the task's saved user
+		 * registers, so both parts are filled either way. */
+		uret = bpf_get_stack(ctx, &s->frames[klen], LUPE_MAX_FRAMES * 8, BPF_F_USER_STACK);
+		if (uret < 0) {
+			s->flags |= LUPE_SAMPLE_USER_ERR;
+			s->user_err = -uret;
+			COUNT(c, user_stack_err);
+			uret = 0;
+		}
+		ulen = (__u64)uret / 8;
+		if (ulen > LUPE_MAX_FRAMES)
+			ulen = LUPE_MAX_FRAMES;
+		room = LUPE_MAX_FRAMES - klen;
+		if (ulen >= stack_limit || ulen > room) {
+			if (ulen > room)
+				ulen = room;
+			s->flags |= LUPE_SAMPLE_USER_TRUNC;
+			COUNT(c, user_trunc);
+		}
+	}
+	s->kernel_len = klen;
+	s->user_len = ulen;
+
+	size = LUPE_SAMPLE_HDR_SIZE + (__u64)(klen + ulen) * 8;
+	if (size > sizeof(struct lupe_sample))
+		size = sizeof(struct lupe_sample);
+	if (bpf_ringbuf_query(&samples, BPF_RB_AVAIL_DATA) > samples_wake_bytes)
+		rb_flags = BPF_RB_FORCE_WAKEUP;
+	if (bpf_ringbuf_output(&samples, s, size, rb_flags)) {
+		COUNT(c, ringbuf_full);
+		return 0;
+	}
+	COUNT(c, emitted);
+
+	/* First sample of a pid user space was not told about: report it, so processes that
+	 * were running before the tracer started become known. A lost report is retried by
+	 * the next sample. */
+	rs = bpf_map_lookup_elem(&reported, &tgid);
+	if (!rs || rs->stale) {
+		task = bpf_get_current_task_btf();
+		if (emit_event(c, LUPE_EV_NEW_PID, tgid, task->real_parent->tgid, 0, now,
+			       task->group_leader->comm)) {
+			if (rs)
+				rs->stale = 0;
+			else
+				bpf_map_update_elem(&reported, &tgid, &fresh, BPF_ANY);
+		}
+	}
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(lupe_fork, struct task_struct *parent, struct task_struct *child)
+{
+	struct lupe_sampler_counters *c;
+	__u32 ptgid = parent->tgid, ctgid = child->tgid;
+	__u8 *v, inherit = LUPE_TARGET_INHERIT;
+	__u32 mode = target_mode;
+	struct lupe_report_state fresh = {};
+
+	/* A new thread joins its group, which is already known. */
+	if (child->pid != ctgid)
+		return 0;
+	c = get_counters();
+	if (mode == LUPE_TARGET_PIDS) {
+		v = bpf_map_lookup_elem(&targets, &ptgid);
+		if (!v)
+			return 0;
+		if ((*v & LUPE_TARGET_INHERIT) &&
+		    bpf_map_update_elem(&targets, &ctgid, &inherit, BPF_NOEXIST) == -E2BIG)
+			COUNT(c, follow_full);
+	} else if (mode == LUPE_TARGET_CGROUP && !cgroup_match()) {
+		/* The child starts in the parent's (the current task's) cgroup. */
+		return 0;
+	}
+	/* Reported: its first sample needs no NEW_PID. */
+	if (emit_event(c, LUPE_EV_FORK, ctgid, ptgid, 0, bpf_ktime_get_ns(), child->comm))
+		bpf_map_update_elem(&reported, &ctgid, &fresh, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(lupe_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct lupe_sampler_counters *c;
+	struct lupe_report_state *rs, st = {};
+	__u32 tgid = p->tgid;
+	__u64 now;
+
+	if (!is_target(tgid))
+		return 0;
+	c = get_counters();
+	now = bpf_ktime_get_ns();
+	rs = bpf_map_lookup_elem(&reported, &tgid);
+	if (rs && rs->last_exec && now - rs->last_exec < report_interval_ns) {
+		rs->stale = 1;
+		COUNT(c, events_ratelimited);
+		return 0;
+	}
+	st.last_exec = now;
+	if (!emit_event(c, LUPE_EV_EXEC, tgid, p->real_parent->tgid, 0, now, p->comm))
+		st.stale = 1;
+	bpf_map_update_elem(&reported, &tgid, &st, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(lupe_exit, struct task_struct *p)
+{
+	__u32 tgid = p->tgid;
+
+	/* do_exit() drops signal->live before this tracepoint: 0 means the whole group is
+	 * gone. (6.18 also passes group_dead; this works on older kernels too.) */
+	if (BPF_CORE_READ(p, signal, live.counter) != 0)
+		return 0;
+	if (is_target(tgid))
+		emit_event(get_counters(), LUPE_EV_EXIT, tgid, p->real_parent->tgid,
+			   p->exit_code, bpf_ktime_get_ns(), p->comm);
+	/* The pid may be reused by an unrelated process: forget it. */
+	bpf_map_delete_elem(&targets, &tgid);
+	bpf_map_delete_elem(&reported, &tgid);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
