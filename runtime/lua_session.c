@@ -322,6 +322,7 @@ static int l_stats(lua_State *L)
 	SET(traces);
 	SET(entries);
 	SET(symbol_misses);
+	SET(symbolize_errors);
 	SET(exec_events);
 	SET(exit_events);
 	SET(new_pid_events);

@@ -757,7 +757,7 @@ out:
 }
 
 /* The process a trace of (pid, ktime) belongs to: one that exited at or after ktime
- * (the oldest such), else the live one, else (ktime 0) the newest exited. */
+ * (the oldest such), else the live one, else (ktime 0 only) the newest exited. */
 static struct process *process_at(struct lupe_procmgr *pm, pid_t pid, uint64_t ktime)
 {
 	struct process *p, *best = NULL, *newest_exited = NULL;
@@ -773,7 +773,8 @@ static struct process *process_at(struct lupe_procmgr *pm, pid_t pid, uint64_t k
 	if (best)
 		return best;
 	p = lupe_hashmap__get(pm->live, pid_key(pid));
-	return p ? p : newest_exited;
+	/* A process that exited before ktime cannot have produced the trace. */
+	return p ? p : ktime ? NULL : newest_exited;
 }
 
 static const struct pm_map *map_at(const struct process *p, uint64_t addr)

@@ -41,9 +41,9 @@ struct lupe_disk_id {
 	uint64_t device, inode;
 };
 
-/* A stack delta: from address on (ELF vaddr), until the next delta, the CFA is
- * cfa_base+cfa_param and the caller's FP is recovered by the fp rule. The encoding of the
- * rules belongs to the unwinder (stackdeltas.h); the manager only stores and forwards. */
+/* A stack delta: from address on (ELF vaddr) until the next delta, unwind by this rule.
+ * cfa_opcode/fp_opcode are LUPE_CFA_* / LUPE_FP_* from bpf/unwind.h; the manager only
+ * stores and forwards them. */
 struct lupe_stack_delta {
 	uint64_t address;
 	uint8_t cfa_opcode, fp_opcode, flags, _pad;

@@ -51,9 +51,19 @@ struct lupe_session {
 	/* Unique traces, by their 128-bit hash. */
 	struct lupe_sym_trace *traces;
 	size_t ntraces, cap_traces;
+	size_t nsymbolized;                 /* traces[0..nsymbolized) have frames */
+	uint32_t *kpending;                 /* traces whose kernel frames await names */
+	size_t nkpending, cap_kpending;
 	struct lupe_hashmap *trace_index;   /* {hash.hi, hash.lo} -> index + 1 */
 	struct lupe_hashmap *strings;       /* {fnv64, len} -> char * */
 	struct lupe_hashmap *gens;          /* {pid, 0} -> generation (exec/exit count) */
+
+	/* Processes synchronized because of an unknown address, in this poll and the last:
+	 * each is read once more one poll later, when a young process has mapped its
+	 * libraries. Samples from a short-lived process's last moments then find them even
+	 * if it is gone by the time they are drained. */
+	pid_t *young, *young_prev;
+	size_t nyoung, nyoung_prev, cap_young;
 
 	pid_t child;
 	bool child_done;
@@ -189,7 +199,10 @@ static const char *reason_str(uint64_t code)
 	}
 }
 
-static int symbolize(struct lupe_session *s, const struct lupe_trace *t, struct lupe_sym_frame *out)
+/* Fills out[] from t. Kernel frames get their names only when with_kernel is set (the
+ * kernel symbols may still be loading); their kind and address are set either way. */
+static int symbolize(struct lupe_session *s, const struct lupe_trace *t, struct lupe_sym_frame *out,
+		     bool with_kernel)
 {
 	uint32_t i;
 
@@ -208,6 +221,8 @@ static int symbolize(struct lupe_session *s, const struct lupe_trace *t, struct 
 		}
 		if (kind == LUPE_FRAME_KERNEL) {
 			o->kind = LUPE_SYM_KERNEL;
+			if (!with_kernel)
+				continue;
 			name = lupe_symcache__kernel(s->syms, f->addr_or_line, &o->offset, &module);
 			o->module = intern(s, module ? module : "[kernel]");
 		} else if (kind == LUPE_FRAME_NATIVE && !unknown_file) {
@@ -230,13 +245,14 @@ static int symbolize(struct lupe_session *s, const struct lupe_trace *t, struct 
 	return 0;
 }
 
-/* The index of the trace with this hash, converting and symbolizing it if new. */
+/* The index of the trace with this hash, remembering it if new. Symbolizing waits for
+ * symbolize_pending: a drain first resolves every sample of the batch against its
+ * process's mappings (which must happen while short-lived processes still exist), and
+ * only then loads symbol tables, which can take milliseconds. */
 static int intern_trace(struct lupe_session *s, struct lupe_trace *t, uint32_t *idx)
 {
 	struct lupe_key k = { t->hash.hi, t->hash.lo };
 	uintptr_t v = (uintptr_t)lupe_hashmap__get(s->trace_index, k);
-	struct lupe_sym_frame *frames;
-	int err;
 
 	if (v) {
 		free(t);
@@ -252,22 +268,70 @@ static int intern_trace(struct lupe_session *s, struct lupe_trace *t, uint32_t *
 		s->traces = p;
 		s->cap_traces = cap;
 	}
-	frames = calloc(t->nframes ? t->nframes : 1, sizeof(*frames));
-	if (!frames)
+	if (lupe_hashmap__set(s->trace_index, k, (void *)(uintptr_t)(s->ntraces + 1), NULL))
 		goto nomem;
-	err = symbolize(s, t, frames);
-	if (err || lupe_hashmap__set(s->trace_index, k, (void *)(uintptr_t)(s->ntraces + 1), NULL)) {
-		free(frames);
-		goto nomem;
-	}
 	s->traces[s->ntraces] = (struct lupe_sym_trace){
-		.hash = t->hash, .nframes = t->nframes, .frames = frames, .converted = t };
+		.hash = t->hash, .nframes = t->nframes, .converted = t };
 	*idx = (uint32_t)s->ntraces++;
 	s->st.traces = s->ntraces;
 	return 0;
 nomem:
 	free(t);
 	return -ENOMEM;
+}
+
+static int push_kpending(struct lupe_session *s, uint32_t idx)
+{
+	if (s->nkpending == s->cap_kpending) {
+		size_t cap = s->cap_kpending ? s->cap_kpending * 2 : 64;
+		uint32_t *p = realloc(s->kpending, cap * sizeof(*p));
+
+		if (!p)
+			return -ENOMEM;
+		s->kpending = p;
+		s->cap_kpending = cap;
+	}
+	s->kpending[s->nkpending++] = idx;
+	return 0;
+}
+
+static bool has_kernel_frames(const struct lupe_trace *t)
+{
+	return t->nframes && (t->frames[0].type & ~LUPE_FRAME_ERROR) == LUPE_FRAME_KERNEL;
+}
+
+/* Symbolizes the traces added since the last call. Native frames must be done before the
+ * manager releases their files (symbolization_complete); kernel frames wait, without
+ * blocking, for the kernel symbols loading in the background (wait: block for them). A
+ * trace that cannot get memory for its frames keeps none, and is counted. */
+static void symbolize_pending(struct lupe_session *s, bool wait)
+{
+	bool kready = wait || lupe_symcache__kernel_ready(s->syms);
+	size_t i;
+
+	for (; s->nsymbolized < s->ntraces; s->nsymbolized++) {
+		struct lupe_sym_trace *t = &s->traces[s->nsymbolized];
+		struct lupe_sym_frame *frames = calloc(t->nframes ? t->nframes : 1, sizeof(*frames));
+		bool later = !kready && has_kernel_frames(t->converted);
+
+		if (!frames || symbolize(s, t->converted, frames, !later) ||
+		    (later && push_kpending(s, (uint32_t)s->nsymbolized))) {
+			free(frames);
+			t->nframes = 0;
+			s->st.symbolize_errors++;
+			continue;
+		}
+		t->frames = frames;
+	}
+	if (!kready || !s->nkpending)
+		return;
+	for (i = 0; i < s->nkpending; i++) {
+		struct lupe_sym_trace *t = &s->traces[s->kpending[i]];
+
+		if (symbolize(s, t->converted, (struct lupe_sym_frame *)t->frames, true))
+			s->st.symbolize_errors++;
+	}
+	s->nkpending = 0;
 }
 
 /* ---- the per-sample path ------------------------------------------------------------- */
@@ -298,6 +362,43 @@ static bool same_raw(const struct entry_raw *r, const struct lupe_profile_entry 
 	return r->gen == gen && e->pid == (pid_t)smp->pid && r->klen == smp->kernel_len &&
 	       r->ulen == smp->user_len && memcmp(e->comm, smp->comm, sizeof(e->comm)) == 0 &&
 	       memcmp(r->frames, smp->frames, 8 * (size_t)(r->klen + r->ulen)) == 0;
+}
+
+static void remember_young(struct lupe_session *s, pid_t pid)
+{
+	size_t i;
+
+	for (i = 0; i < s->nyoung; i++)
+		if (s->young[i] == pid)
+			return;
+	if (s->nyoung == s->cap_young) {
+		size_t cap = s->cap_young ? s->cap_young * 2 : 64;
+		pid_t *a = realloc(s->young, cap * sizeof(*a)), *b;
+
+		if (!a)
+			return;
+		s->young = a;
+		b = realloc(s->young_prev, cap * sizeof(*b));
+		if (!b)
+			return;
+		s->young_prev = b;
+		s->cap_young = cap;
+	}
+	s->young[s->nyoung++] = pid;
+}
+
+static void resync_young(struct lupe_session *s)
+{
+	pid_t *t;
+	size_t i;
+
+	for (i = 0; i < s->nyoung_prev; i++)
+		lupe_procmgr__synchronize_process(s->pm, s->young_prev[i]);
+	t = s->young_prev;
+	s->young_prev = s->young;
+	s->young = t;
+	s->nyoung_prev = s->nyoung;
+	s->nyoung = 0;
 }
 
 /* A miss: resolve user addresses to (file, ELF address), convert, symbolize, add. */
@@ -332,7 +433,12 @@ static int new_entry(struct lupe_session *s, const struct lupe_sample *smp, uint
 		if (miss && !resynced) {
 			resynced = true;
 			s->st.resyncs++;
-			lupe_procmgr__synchronize_process(s->pm, raw.pid);
+			remember_young(s, raw.pid);
+			err = lupe_procmgr__synchronize_process(s->pm, raw.pid);
+			if (err)
+				pr_debug("pid %d: cannot read its mappings %llu us after the sample: %s",
+					 raw.pid, (unsigned long long)(lupe_ktime_now() - smp->ktime) / 1000,
+					 lupe_errstr(err));
 			miss = lupe_procmgr__find_mapping(s->pm, raw.pid, i > 0 ? addr - 1 : addr,
 							  smp->ktime, &m, NULL, 0);
 		}
@@ -480,6 +586,8 @@ int lupe_session__poll(struct lupe_session *s, int timeout_ms)
 		n = lupe_tracer__poll(s->tracer, timeout_ms, &h, s);
 	else if (timeout_ms > 0)
 		usleep((useconds_t)timeout_ms * 1000);
+	resync_young(s);
+	symbolize_pending(s, false);
 	/* Everything captured before the oldest sample of this batch (or before the drain
 	 * began, if it was empty) has been converted: processes that exited by then can go. */
 	lupe_procmgr__symbolization_complete(s->pm, s->batch_min_ktime < start ? s->batch_min_ktime
@@ -643,6 +751,7 @@ const struct lupe_profile_entry *lupe_session__entries(struct lupe_session *s, s
 
 const struct lupe_sym_trace *lupe_session__trace(struct lupe_session *s, uint32_t idx)
 {
+	symbolize_pending(s, true);
 	return idx < s->ntraces ? &s->traces[idx] : NULL;
 }
 
@@ -765,6 +874,9 @@ void lupe_session__free(struct lupe_session *s)
 	free(s->raws);
 	free(s->slots);
 	free(s->traces);
+	free(s->kpending);
+	free(s->young);
+	free(s->young_prev);
 	while (s->strings && lupe_hashmap__next(s->strings, &pos, &k, &v))
 		free(v);
 	lupe_hashmap__free(s->strings);

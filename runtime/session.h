@@ -131,6 +131,7 @@ struct lupe_session_stats {
 	uint64_t traces;          /* unique converted traces */
 	uint64_t entries;
 	uint64_t symbol_misses;   /* native frames left unsymbolized */
+	uint64_t symbolize_errors; /* traces left without frames: out of memory */
 	uint64_t exec_events, exit_events, new_pid_events;
 	unsigned int ncpus;
 	struct lupe_procmgr_stats pm;

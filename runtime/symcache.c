@@ -7,6 +7,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,11 +25,19 @@ struct symfile {
 struct lupe_symcache {
 	struct lupe_symbol_reporter reporter;
 	struct lupe_hashmap *files;      /* {host, 0} -> symfile */
+	/* Kernel symbols load in a thread started with the cache: /proc/kallsyms takes tens
+	 * of milliseconds to read, which must not delay the first drains. */
+	pthread_t ksyms_thread;
+	bool ksyms_started, ksyms_joined;
+	atomic_bool ksyms_done;
+	int ksyms_err;
 	struct lupe_ksyms *ksyms;
-	bool ksyms_tried;
 	char *kallsyms;
 	struct lupe_symcache_stats st;
 };
+
+static void *load_ksyms(void *arg);
+static void join_ksyms(struct lupe_symcache *sc);
 
 static struct lupe_symcache *of_reporter(struct lupe_symbol_reporter *r)
 {
@@ -123,6 +133,9 @@ struct lupe_symcache *lupe_symcache__new(const char *kallsyms)
 		errno = ENOMEM;
 		return NULL;
 	}
+	sc->ksyms_started = pthread_create(&sc->ksyms_thread, NULL, load_ksyms, sc) == 0;
+	if (!sc->ksyms_started)
+		load_ksyms(sc);
 	return sc;
 }
 
@@ -137,6 +150,7 @@ void lupe_symcache__free(struct lupe_symcache *sc)
 	while (sc->files && lupe_hashmap__next(sc->files, &pos, &k, &v))
 		symfile_free(v);
 	lupe_hashmap__free(sc->files);
+	join_ksyms(sc);
 	lupe_ksyms__free(sc->ksyms);
 	free(sc->kallsyms);
 	free(sc);
@@ -160,8 +174,12 @@ const char *lupe_symcache__native(struct lupe_symcache *sc, uint64_t host, uint6
 	}
 	if (!f->tried) {
 		f->tried = true;
+		uint64_t t0 = lupe_ktime_now();
+
 		if (f->fd >= 0)
 			f->tab = lupe_symtab__load(f->path[0] == '/' ? f->path : NULL, f->fd, NULL);
+		pr_debug("'%s': symbols loaded in %llu us", f->path,
+			 (unsigned long long)(lupe_ktime_now() - t0) / 1000);
 		if (f->tab) {
 			sc->st.tables_loaded++;
 		} else {
@@ -182,18 +200,44 @@ const char *lupe_symcache__path(struct lupe_symcache *sc, uint64_t host)
 	return f ? f->path : NULL;
 }
 
+static void *load_ksyms(void *arg)
+{
+	struct lupe_symcache *sc = arg;
+	uint64_t t0 = lupe_ktime_now();
+
+	sc->ksyms = lupe_ksyms__load(sc->kallsyms);
+	sc->ksyms_err = sc->ksyms ? 0 : errno;
+	pr_debug("kernel symbols loaded in %llu us",
+		 (unsigned long long)(lupe_ktime_now() - t0) / 1000);
+	atomic_store(&sc->ksyms_done, true);
+	return NULL;
+}
+
+static void join_ksyms(struct lupe_symcache *sc)
+{
+	if (!sc->ksyms_started || sc->ksyms_joined)
+		return;
+	pthread_join(sc->ksyms_thread, NULL);
+	sc->ksyms_joined = true;
+	if (!sc->ksyms)
+		pr_warn("kernel symbols unavailable: %s", lupe_errstr(sc->ksyms_err));
+}
+
+bool lupe_symcache__kernel_ready(struct lupe_symcache *sc)
+{
+	if (sc->ksyms_started && !atomic_load(&sc->ksyms_done))
+		return false;
+	join_ksyms(sc);
+	return true;
+}
+
 const char *lupe_symcache__kernel(struct lupe_symcache *sc, uint64_t addr, uint64_t *offset,
 				  const char **module)
 {
 	const char *name;
 
+	join_ksyms(sc);
 	sc->st.kernel_lookups++;
-	if (!sc->ksyms_tried) {
-		sc->ksyms_tried = true;
-		sc->ksyms = lupe_ksyms__load(sc->kallsyms);
-		if (!sc->ksyms)
-			pr_warn("kernel symbols unavailable: %s", lupe_errstr(errno));
-	}
 	name = sc->ksyms ? lupe_ksyms__lookup(sc->ksyms, addr, offset, module) : NULL;
 	if (!name)
 		sc->st.kernel_misses++;

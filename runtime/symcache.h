@@ -5,6 +5,7 @@
 #ifndef LUPE_SYMCACHE_H
 #define LUPE_SYMCACHE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "procmgr.h"
@@ -33,7 +34,11 @@ const char *lupe_symcache__native(struct lupe_symcache *sc, uint64_t host, uint6
 				  uint64_t *offset);
 /* The file's path as first mapped ("[vdso]" for the vDSO), or NULL if unknown. */
 const char *lupe_symcache__path(struct lupe_symcache *sc, uint64_t host);
-/* Kernel symbol: name, *offset, *module (NULL: the kernel image), or NULL. */
+/* Kernel symbols load in the background from __new on: true once they are there (or
+ * failed to load), without waiting. */
+bool lupe_symcache__kernel_ready(struct lupe_symcache *sc);
+/* Kernel symbol: name, *offset, *module (NULL: the kernel image), or NULL. Waits for the
+ * background load if needed. */
 const char *lupe_symcache__kernel(struct lupe_symcache *sc, uint64_t addr, uint64_t *offset,
 				  const char **module);
 
