@@ -1,6 +1,7 @@
 /* File IDs (SHA-256 of head, tail and length) and the host ID -> file ID mappers. */
 #define LUPE_LOG_PREFIX "fileid: "
 #include "fileid.h"
+#include "strutil.h"
 #include "hashmap.h"
 #include "log.h"
 
@@ -130,17 +131,6 @@ char *lupe_file_id_format(struct lupe_file_id id, char *buf)
 	return buf;
 }
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 int lupe_file_id_parse(const char *s, struct lupe_file_id *out)
 {
 	uint64_t w[2] = { 0, 0 };
@@ -148,9 +138,9 @@ int lupe_file_id_parse(const char *s, struct lupe_file_id *out)
 
 	if (!s)
 		return -EINVAL;
-	/* Stops at the NUL of a short string: hexval('\0') is -1. */
+	/* Stops at the NUL of a short string: lupe_hex_digit('\0') is -1. */
 	for (i = 0; i < LUPE_FILE_ID_HEX_LEN; i++) {
-		d = hexval(s[i]);
+		d = lupe_hex_digit(s[i]);
 		if (d < 0)
 			return -EINVAL;
 		w[i / 16] = w[i / 16] << 4 | (uint64_t)d;

@@ -3,6 +3,7 @@
  * with hex numbers of no fixed width and a path that runs to the end of the line. */
 #define LUPE_LOG_PREFIX "procmaps: "
 #include "procmaps.h"
+#include "strutil.h"
 #include "log.h"
 
 #include <errno.h>
@@ -38,17 +39,6 @@ static int is_blank(char c)
 	return c == ' ' || c == '\t';
 }
 
-static int hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /* One or more hex digits, value <= max. Stops at the first non-digit, which the caller
  * checks: running out of text after a digit is decided by the terminator. */
 static enum line_status parse_hex(const char **pp, const char *end, uint64_t max, uint64_t *out)
@@ -59,9 +49,9 @@ static enum line_status parse_hex(const char **pp, const char *end, uint64_t max
 
 	if (p == end)
 		return LINE_SHORT;
-	if (hex_value(*p) < 0)
+	if (lupe_hex_digit(*p) < 0)
 		return LINE_BAD;
-	for (; p < end && (d = hex_value(*p)) >= 0; p++) {
+	for (; p < end && (d = lupe_hex_digit(*p)) >= 0; p++) {
 		if (v > (max - (uint64_t)d) / 16)
 			return LINE_BAD;
 		v = v * 16 + (uint64_t)d;

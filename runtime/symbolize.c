@@ -2,6 +2,7 @@
  * See symbolize.h for the contracts. */
 #define LUPE_LOG_PREFIX "symbolize: "
 #include "symbolize.h"
+#include "strutil.h"
 #include "log.h"
 
 #include <errno.h>
@@ -911,17 +912,6 @@ out:
 	return err;
 }
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 struct lupe_ksyms *lupe_ksyms__load(const char *path)
 {
 	struct lupe_ksyms *ks = NULL;
@@ -956,7 +946,7 @@ struct lupe_ksyms *lupe_ksyms__load(const char *path)
 		while (eol < len && buf[eol] != '\n')
 			eol++;
 		p = r;
-		for (int v; p < eol && (v = hexval(buf[p])) >= 0; p++, digits++)
+		for (int v; p < eol && (v = lupe_hex_digit(buf[p])) >= 0; p++, digits++)
 			addr = addr << 4 | (uint64_t)v;
 		if (digits == 0 || digits > 16 || p >= eol || buf[p] != ' ')
 			goto malformed;
