@@ -79,6 +79,7 @@ struct lupe_procmgr {
 	char proc_root[PATH_MAX];
 	size_t elf_cache_max;
 	uint64_t elf_clock;
+	uint64_t monitor_interval_ns, last_sweep;
 
 	struct lupe_hashmap *live;      /* {pid, 0} -> process */
 	struct process *exited;         /* exited, newest first */
@@ -697,6 +698,14 @@ int lupe_procmgr__cleanup_pids(struct lupe_procmgr *pm)
 	return n;
 }
 
+int lupe_procmgr__tick(struct lupe_procmgr *pm, uint64_t now)
+{
+	if (now - pm->last_sweep < pm->monitor_interval_ns)
+		return 0;
+	pm->last_sweep = now;
+	return lupe_procmgr__cleanup_pids(pm);
+}
+
 int lupe_procmgr__symbolization_complete(struct lupe_procmgr *pm, uint64_t ktime)
 {
 	struct process **pp, *p;
@@ -1010,6 +1019,8 @@ struct lupe_procmgr *lupe_procmgr__new(const struct lupe_procmgr_opts *opts)
 	pm->filter_error_frames = OPT(opts, filter_error_frames, false);
 	pm->elf_cache_max = OPT(opts, elf_cache_size, 0) ?: DEFAULT_ELF_CACHE;
 	snprintf(pm->proc_root, sizeof(pm->proc_root), "%s", root ? root : "/proc");
+	pm->monitor_interval_ns = (uint64_t)(OPT(opts, monitor_interval_ms, 0) ?: 30000) * 1000000ull;
+	pm->last_sweep = lupe_ktime_now();
 
 	if (!pm->ebpf && !(pm->ebpf = lupe_ebpf_recorder_new()))
 		goto err_out;

@@ -118,6 +118,8 @@ struct lupe_procmgr_opts {
 	bool filter_error_frames;
 	const char *proc_root;                    /* NULL: "/proc" (tests point elsewhere) */
 	size_t elf_cache_size;                    /* 0: 16384 entries */
+	/* How often lupe_procmgr__tick sweeps dead PIDs (cleanup_pids); 0: 30 s. */
+	unsigned int monitor_interval_ms;
 	size_t :0;
 };
 #ifndef LUPE_OPTS
@@ -166,6 +168,9 @@ int lupe_procmgr__synchronize_process(struct lupe_procmgr *pm, pid_t pid);
 bool lupe_procmgr__pid_exit(struct lupe_procmgr *pm, pid_t pid, uint64_t ktime);
 /* pid_exit for every tracked PID that is no longer alive. Returns how many. */
 int lupe_procmgr__cleanup_pids(struct lupe_procmgr *pm);
+/* Periodic work, called from the event loop with the current ktime: sweeps dead PIDs
+ * every monitor interval. Returns how many were swept (0 when not due). */
+int lupe_procmgr__tick(struct lupe_procmgr *pm, uint64_t now);
 /* Every trace captured up to ktime has been converted: release processes that exited at
  * or before it. Returns how many were released. */
 int lupe_procmgr__symbolization_complete(struct lupe_procmgr *pm, uint64_t ktime);

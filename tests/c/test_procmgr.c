@@ -1914,6 +1914,31 @@ TEST(cleanup_pids_sweeps_dead_and_zombies)
 	lupe_procmgr__free(pm);
 }
 
+TEST(tick_sweeps_only_when_the_monitor_interval_has_passed)
+{
+	char root[PATH_MAX];
+	pid_t dead = FPID(51);
+	struct lupe_procmgr *pm;
+	uint64_t now;
+
+	FX_INIT();
+	ASSERT(mkroot("tick", root, sizeof(root)));
+	ASSERT_OK(write_template(root, dead, "second.maps"));
+	{
+		LUPE_OPTS(lupe_procmgr_opts, o, .proc_root = root, .monitor_interval_ms = 50);
+		pm = lupe_procmgr__new(&o);
+	}
+	ASSERT(pm);
+	ASSERT_OK(lupe_procmgr__synchronize_process(pm, dead));
+	now = lupe_ktime_now();
+	ASSERT_EQ(lupe_procmgr__tick(pm, now), 0);             /* not due yet */
+	ASSERT_EQ(stats_of(pm).processes, 1);
+	ASSERT_EQ(lupe_procmgr__tick(pm, now + 60000000ull), 1); /* 60 ms later */
+	ASSERT_EQ(stats_of(pm).exited_pending, 1);
+	ASSERT_EQ(lupe_procmgr__tick(pm, now + 70000000ull), 0); /* swept 10 ms ago */
+	lupe_procmgr__free(pm);
+}
+
 /* The bound: at most 16 KiB per tracked process plus 256 bytes per mapping. */
 TEST(memory_within_bound_for_300_mappings)
 {
