@@ -57,14 +57,43 @@ function Session:trace(idx)
   return t
 end
 
+-- The filter's verdict per (trace, pid, comm): decided once, as the entry first shows up.
+local function keep(self, e)
+  local f = self._filter
+  if not f then return true end
+  local key = e.trace .. ":" .. e.pid .. ":" .. e.comm
+  local v = self._verdicts[key]
+  if v == nil then
+    v = f.match(e) and true or false
+    self._verdicts[key] = v
+  end
+  return v
+end
+
 local function snapshot(self, interval_only)
-  local entries = self._s:entries(interval_only)
+  local entries, kept, dropped = self._s:entries(interval_only), {}, 0
   for _, e in ipairs(entries) do
     local t = self:trace(e.trace)
     e.frames, e.hash = t.frames, t.hash
     if interval_only then e.count = e.interval end
+    if keep(self, e) then kept[#kept + 1] = e else dropped = dropped + e.count end
   end
-  return entries
+  return kept, dropped
+end
+
+-- Keeps only what matches a filter expression (see lupe/filter.lua). The pids it implies
+-- are pushed into BPF, so other processes are never sampled at all; the rest is decided
+-- once per unique trace. Raises on a syntax error.
+function Session:filter(src)
+  local f, err = require("lupe.filter").compile(src)
+  if not f then error(err, 2) end
+  self._filter, self._verdicts = f, {}
+  local pids = f.pids()
+  if pids and self._target_desc == "system" then
+    local ok, msg = self._s:target_pids(pids)
+    if not ok then error("filter: " .. msg, 2) end
+  end
+  return self
 end
 
 function Session:on_interval(seconds, fn)
@@ -89,9 +118,12 @@ function Session:resume() return self._s:resume() end
 -- The profile so far: { entries = {...}, stats = {...}, duration = s, frequency = hz }.
 -- Each entry: count, pid, comm, hash, frames (leaf first: name, module, addr, offset, kind).
 function Session:profile()
+  local entries, dropped = snapshot(self, false)
+  local stats = self:stats()
+  stats.filtered_by_script = dropped
   return {
-    entries = snapshot(self, false),
-    stats = self:stats(),
+    entries = entries,
+    stats = stats,
     duration = (self._stopped or now()) - self._started,
     frequency = self:frequency(),
     target = self._target_desc,
@@ -108,11 +140,13 @@ function Session:run(opts)
   -- synchronized while it most likely still runs. A drain costs microseconds.
   local poll_ms = opts.poll_ms or 10
   native.install_signal_handlers()
-  local next_interval = self._interval and now() + self._interval
+  local started = now()
+  self._stopped = nil
+  local next_interval = self._interval and started + self._interval
   while true do
     local t = now()
     local wait = poll_ms
-    if duration then wait = math.min(wait, math.max(0, (self._started + duration - t) * 1000)) end
+    if duration then wait = math.min(wait, math.max(0, (started + duration - t) * 1000)) end
     local n, msg = self._s:poll(math.floor(wait))
     if not n then error("session: " .. msg, 2) end
     t = now()
@@ -123,7 +157,7 @@ function Session:run(opts)
     end
     if native.interrupted() then break end
     if opts.stop and opts.stop() then break end
-    if duration and t - self._started >= duration then break end
+    if duration and t - started >= duration then break end
     if self.command_pid then
       local done, status = self._s:command_done()
       if done then self.exit_status = status break end

@@ -1,0 +1,263 @@
+-- The filter language: which samples a session keeps.
+--
+--   pid == 42            comm ~ 'ngin*'        exe ~ '/usr/bin/*'
+--   cgroup ~ 'system.slice/*'                  frame ~ 'malloc'      module ~ 'libc*'
+--   kernel               (the stack has kernel frames)
+--   not, and, or, ( )    pid != 1, pid < 100, ...
+-- ~ and !~ match shell-style globs (* any run, ? one character) against the whole value;
+-- frame and module match if any frame does. Strings are quoted with ' or ".
+--
+-- local f = assert(filter.compile("comm ~ 'ngin*' and not kernel"))
+-- f.match(entry)   -- entry: {pid, comm, frames = {{name, module, kind}, ...}}
+-- f.pids()         -- a pid list BPF can enforce (every match has one of them), or nil
+-- A syntax error returns nil and "filter:COL: expected X, found Y".
+local lpeg = require "lpeg"
+local ffi = require "ffi"
+
+local M = {}
+local P, R, S, C, Ct, Cp = lpeg.P, lpeg.R, lpeg.S, lpeg.C, lpeg.Ct, lpeg.Cp
+local ipairs, tonumber, type, concat, io_open = ipairs, tonumber, type, table.concat, io.open
+local setmetatable, format = setmetatable, string.format
+
+-- Tokens, compiled once: each is {kind, text, col}.
+local space = S(" \t\r\n") ^ 0
+local function tok(kind, patt)
+  return Ct(Cp() * lpeg.Cc(kind) * C(patt)) / function(t) return { kind = t[2], text = t[3], col = t[1] } end
+end
+local ident = (R("az", "AZ") + "_") * (R("az", "AZ", "09") + "_") ^ 0
+local number = R("09") ^ 1
+local quoted = P("'") * (1 - P("'")) ^ 0 * P("'") + P('"') * (1 - P('"')) ^ 0 * P('"')
+local op = P("==") + P("!=") + P("!~") + P("<=") + P(">=") + S("~<>")
+local token = tok("number", number) + tok("string", quoted) + tok("name", ident) + tok("op", op)
+  + tok("(", P("(")) + tok(")", P(")"))
+local lexer = Ct((space * token) ^ 0) * space * Cp()
+
+local FIELDS = { pid = "number", comm = "string", exe = "string", cgroup = "string",
+                 frame = "string", module = "string" }
+local KEYWORDS = { ["and"] = true, ["or"] = true, ["not"] = true, kernel = true }
+
+-- Glob -> anchored Lua pattern (cached: weak table, compiled once per glob).
+local glob_cache = setmetatable({}, { __mode = "k" })
+local function glob(g)
+  local p = glob_cache[g]
+  if p then return p end
+  p = "^" .. g:gsub("[%^%$%(%)%%%.%[%]%+%-]", "%%%0"):gsub("%*", ".*"):gsub("%?", ".") .. "$"
+  glob_cache[g] = p
+  return p
+end
+
+-- Per-pid facts read from /proc once (a filter runs per unique trace, not per sample).
+ffi.cdef [[ long readlink(const char *path, char *buf, size_t bufsiz); ]]
+local linkbuf = ffi.new("char[4096]")
+
+local exe_cache, cgroup_cache = {}, {}
+local function exe_of(pid)
+  local v = exe_cache[pid]
+  if v == nil then
+    local n = ffi.C.readlink("/proc/" .. pid .. "/exe", linkbuf, 4096)
+    v = n > 0 and ffi.string(linkbuf, n) or ""
+    exe_cache[pid] = v
+  end
+  return v
+end
+
+local function cgroup_of(pid)
+  local v = cgroup_cache[pid]
+  if v == nil then
+    -- The cgroup v2 line is "0::/system.slice/x.service"; the leading slash is dropped.
+    local f = io_open("/proc/" .. pid .. "/cgroup")
+    v = ""
+    if f then
+      for line in f:lines() do
+        local path = line:match("^0::/(.*)$")
+        if path then v = path break end
+      end
+      f:close()
+    end
+    cgroup_cache[pid] = v
+  end
+  return v
+end
+
+local function value_of(field, e)
+  if field == "pid" then return e.pid end
+  if field == "comm" then return e.comm end
+  if field == "exe" then return e.exe or exe_of(e.pid) end
+  if field == "cgroup" then return e.cgroup or cgroup_of(e.pid) end
+end
+
+local function compare(opname, a, b)
+  if opname == "==" then return a == b end
+  if opname == "!=" then return a ~= b end
+  if opname == "<" then return a < b end
+  if opname == ">" then return a > b end
+  if opname == "<=" then return a <= b end
+  if opname == ">=" then return a >= b end
+end
+
+-- Builds a predicate for one comparison.
+local function comparison(field, opname, value)
+  if field == "frame" or field == "module" then
+    local key = field == "frame" and "name" or "module"
+    local want = opname == "~" or opname == "=="
+    local pat = (opname == "~" or opname == "!~") and glob(value) or nil
+    return function(e)
+      for _, f in ipairs(e.frames or {}) do
+        local v = f[key]
+        if v and (pat and v:match(pat) or v == value) then return want end
+      end
+      return not want
+    end
+  end
+  if opname == "~" or opname == "!~" then
+    local pat, want = glob(value), opname == "~"
+    return function(e)
+      local v = value_of(field, e)
+      return (v ~= nil and v:match(pat) ~= nil) == want
+    end
+  end
+  return function(e)
+    local v = value_of(field, e)
+    return v ~= nil and compare(opname, v, value)
+  end
+end
+
+local function has_kernel(e)
+  for _, f in ipairs(e.frames or {}) do
+    if f.kind == "kernel" then return true end
+  end
+  return false
+end
+
+-- Recursive descent over the tokens; errors carry the column and what was expected.
+local Parser = {}
+Parser.__index = Parser
+
+function Parser:peek() return self.toks[self.i] end
+
+function Parser:fail(expected)
+  local t = self:peek()
+  local found = t and format("'%s'", t.text) or "end of input"
+  local col = t and t.col or self.len + 1
+  error({ msg = format("filter:%d: expected %s, found %s", col, expected, found) }, 0)
+end
+
+function Parser:accept(kind, text)
+  local t = self:peek()
+  if t and t.kind == kind and (text == nil or t.text == text) then
+    self.i = self.i + 1
+    return t
+  end
+end
+
+-- Each node: {fn = predicate, pids = list or nil (a pid set every match belongs to)}.
+function Parser:expr()
+  local left = self:term()
+  while self:accept("name", "or") do
+    local right, l = self:term(), left
+    local pids
+    if l.pids and right.pids then
+      pids = {}
+      for _, p in ipairs(l.pids) do pids[#pids + 1] = p end
+      for _, p in ipairs(right.pids) do pids[#pids + 1] = p end
+    end
+    left = { fn = function(e) return l.fn(e) or right.fn(e) end, pids = pids }
+  end
+  return left
+end
+
+function Parser:term()
+  local left = self:factor()
+  while self:accept("name", "and") do
+    local right, l = self:factor(), left
+    left = { fn = function(e) return l.fn(e) and right.fn(e) end, pids = l.pids or right.pids }
+  end
+  return left
+end
+
+function Parser:factor()
+  if self:accept("name", "not") then
+    local inner = self:factor()
+    return { fn = function(e) return not inner.fn(e) end }
+  end
+  if self:accept("(") then
+    local inner = self:expr()
+    if not self:accept(")") then self:fail("')'") end
+    return inner
+  end
+  if self:accept("name", "kernel") then return { fn = has_kernel } end
+  local t = self:peek()
+  if not t or t.kind ~= "name" or KEYWORDS[t.text] then
+    self:fail("a field (pid, comm, exe, cgroup, frame, module), 'kernel', 'not' or '('")
+  end
+  local ftype = FIELDS[t.text]
+  if not ftype then
+    self:fail("a field (pid, comm, exe, cgroup, frame, module), 'kernel', 'not' or '('")
+  end
+  self.i = self.i + 1
+  local o = self:accept("op")
+  if not o then self:fail("an operator (==, !=, ~, !~, <, >, <=, >=)") end
+  local textual = o.text == "~" or o.text == "!~"
+  if ftype == "number" and textual then
+    self.i = self.i - 1
+    self:fail("==, !=, <, >, <= or >= (pid is a number)")
+  elseif ftype == "string" and not (textual or o.text == "==" or o.text == "!=") then
+    self.i = self.i - 1
+    self:fail("==, !=, ~ or !~ (" .. t.text .. " is a string)")
+  end
+  local v
+  if ftype == "number" then
+    local n = self:accept("number")
+    if not n then self:fail("a number") end
+    v = tonumber(n.text)
+  else
+    local s = self:accept("string")
+    if not s then self:fail("a quoted string") end
+    v = s.text:sub(2, -2)
+  end
+  local node = { fn = comparison(t.text, o.text, v) }
+  if t.text == "pid" and o.text == "==" then node.pids = { v } end
+  return node
+end
+
+local compiled = setmetatable({}, { __mode = "v" })
+
+-- Compiles src once (cached). Returns a filter, or nil and a message naming the column.
+function M.compile(src)
+  if type(src) ~= "string" then error("filter.compile: expected a string", 2) end
+  local hit = compiled[src]
+  if hit then return hit end
+  local toks, stop = lexer:match(src)
+  if stop <= #src then
+    return nil, format("filter:%d: unexpected character '%s'", stop, src:sub(stop, stop))
+  end
+  local p = setmetatable({ toks = toks, i = 1, len = #src }, Parser)
+  local ok, node = pcall(function()
+    if #toks == 0 then p:fail("an expression") end
+    local n = p:expr()
+    if p:peek() then p:fail("'and', 'or' or the end") end
+    return n
+  end)
+  if not ok then
+    if type(node) == "table" then return nil, node.msg end
+    error(node, 0)
+  end
+  local pids = node.pids
+  local f = {
+    source = src,
+    match = node.fn,
+    pids = function() return pids end,
+  }
+  compiled[src] = f
+  return f
+end
+
+-- For messages: the pid list as text.
+function M.describe_pids(pids)
+  if not pids then return "none" end
+  local t = {}
+  for i, p in ipairs(pids) do t[i] = tostring(p) end
+  return concat(t, ",")
+end
+
+return M

@@ -1,0 +1,88 @@
+local filter = require "lupe.filter"
+
+local function entry(pid, comm, frames)
+  return { pid = pid, comm = comm, frames = frames or {}, exe = "/usr/sbin/nginx",
+           cgroup = "system.slice/nginx.service" }
+end
+
+local nginx = entry(42, "nginx", {
+  { name = "vfs_read", module = "[kernel]", kind = "kernel" },
+  { name = "malloc", module = "libc.so.6", kind = "native" },
+  { name = "main", module = "nginx", kind = "native" },
+})
+local app = entry(7, "app", { { name = "work", module = "app", kind = "native" } })
+
+local function matches(src, e)
+  local f = assert(filter.compile(src))
+  return f.match(e)
+end
+
+describe("lupe.filter", function()
+  it("compares pids and matches comm globs", function()
+    assert.is_true(matches("pid == 42", nginx))
+    assert.is_false(matches("pid == 42", app))
+    assert.is_true(matches("pid != 42 and pid < 10", app))
+    assert.is_true(matches("comm ~ 'ngin*'", nginx))
+    assert.is_false(matches("comm ~ 'ngin'", nginx))
+    assert.is_true(matches("comm ~ 'ng?nx'", nginx))
+    assert.is_true(matches("comm !~ 'ngin*'", app))
+    assert.is_true(matches('comm == "app"', app))
+  end)
+
+  it("matches frames, modules, exe, cgroup and kernel", function()
+    assert.is_true(matches("frame ~ 'mall*'", nginx))
+    assert.is_true(matches("frame == 'malloc'", nginx))
+    assert.is_false(matches("frame ~ 'malloc'", app))
+    assert.is_true(matches("module ~ 'libc*'", nginx))
+    assert.is_true(matches("exe ~ '/usr/sbin/*'", nginx))
+    assert.is_true(matches("cgroup ~ 'system.slice/*'", nginx))
+    assert.is_true(matches("kernel", nginx))
+    assert.is_false(matches("kernel", app))
+  end)
+
+  it("honours not, and, or and parentheses with the usual precedence", function()
+    assert.is_true(matches("comm ~ 'ngin*' and not kernel or pid == 7", app))
+    assert.is_false(matches("comm ~ 'ngin*' and not kernel or pid == 7", nginx))
+    assert.is_true(matches("comm ~ 'ngin*' and not (kernel and pid == 1)", nginx))
+    assert.is_true(matches("not not kernel", nginx))
+  end)
+
+  it("escapes glob text that is special in Lua patterns", function()
+    local e = entry(1, "a.b%c(1)")
+    assert.is_true(matches("comm ~ 'a.b%c(1)'", e))
+    assert.is_false(matches("comm ~ 'a.b%c(2)'", e))
+  end)
+
+  it("derives the pid set BPF can enforce, only when every match needs one", function()
+    assert.are.same({ 42 }, assert(filter.compile("pid == 42")).pids())
+    assert.are.same({ 1, 2 }, assert(filter.compile("pid == 1 or pid == 2")).pids())
+    assert.are.same({ 3 }, assert(filter.compile("comm ~ 'x*' and pid == 3")).pids())
+    assert.is_nil(assert(filter.compile("pid == 1 or comm ~ 'x'")).pids())
+    assert.is_nil(assert(filter.compile("not pid == 1")).pids())
+  end)
+
+  it("reports syntax errors with the column and what was expected", function()
+    local f, err = filter.compile("pid == ")
+    local _
+    assert.is_nil(f)
+    assert.are.equal("filter:8: expected a number, found end of input", err)
+    _, err = filter.compile("comm ~ 42")
+    assert.are.equal("filter:8: expected a quoted string, found '42'", err)
+    _, err = filter.compile("(pid == 1")
+    assert.are.equal("filter:10: expected ')', found end of input", err)
+    _, err = filter.compile("colour == 'red'")
+    assert.matches("^filter:1: expected a field %(pid, comm", err)
+    _, err = filter.compile("pid ~ 3")
+    assert.matches("^filter:5: expected ==, !=, <, >, <= or >=", err)
+    _, err = filter.compile("pid == 1 pid == 2")
+    assert.are.equal("filter:10: expected 'and', 'or' or the end, found 'pid'", err)
+    _, err = filter.compile("comm ~ 'x' & kernel")
+    assert.are.equal("filter:12: unexpected character '&'", err)
+    _, err = filter.compile("")
+    assert.are.equal("filter:1: expected an expression, found end of input", err)
+  end)
+
+  it("compiles each source once", function()
+    assert.are.equal(filter.compile("pid == 5"), filter.compile("pid == 5"))
+  end)
+end)
