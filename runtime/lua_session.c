@@ -287,6 +287,12 @@ static int l_trace(lua_State *L)
 	return 1;
 }
 
+static int l_ntraces(lua_State *L)
+{
+	lua_pushinteger(L, (lua_Integer)lupe_session__ntraces(check_session(L, 1)));
+	return 1;
+}
+
 static int l_interval_reset(lua_State *L)
 {
 	lupe_session__interval_reset(check_session(L, 1));
@@ -358,6 +364,7 @@ static const luaL_Reg session_methods[] = {
 	{ "entries", l_entries },
 	{ "trace", l_trace },
 	{ "interval_reset", l_interval_reset },
+	{ "ntraces", l_ntraces },
 	{ "stats", l_stats },
 	{ "close", l_close },
 	{ NULL, NULL },

@@ -96,6 +96,34 @@ t.case("frequency changes live, and pause stops sampling", function()
   check(n3 - n2 <= 5, "paused, yet %d more samples", n3 - n2)
 end)
 
+t.case("on_trace judges each unique trace once; a failing hook is counted, not fatal", function()
+  local bin = hot()
+  local a = spawn(bin .. " 3000")
+  local s = assert(lupe.session{ frequency = 499, target = { pids = { a } } })
+  local seen, calls = {}, 0
+  s:on_trace(function(tr)
+    calls = calls + 1
+    check(not seen[tr.hash], "trace %s judged twice", tr.hash)
+    seen[tr.hash] = true
+    for _, f in ipairs(tr.frames) do
+      if f.name == "hot_inner" then return false end
+    end
+    return true
+  end)
+  local intervals = 0
+  s:on_interval(0.2, function() intervals = intervals + 1 error("interval boom") end)
+  local p = s:run{ duration = 1 }
+  s:close()
+  os.execute("kill " .. a .. " 2>/dev/null")
+  check(calls > 0, "on_trace never called")
+  for _, e in ipairs(p.entries) do
+    for _, f in ipairs(e.frames) do check(f.name ~= "hot_inner", "a dropped trace got through") end
+  end
+  check(intervals >= 3, "on_interval ran %d times", intervals)
+  check(p.stats.hook_errors == intervals, "%d hook errors counted for %d failures",
+    p.stats.hook_errors, intervals)
+end)
+
 local rc = t.run_all()
 if tmp then os.execute("rm -rf " .. tmp) end
 return rc

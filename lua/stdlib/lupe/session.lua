@@ -13,7 +13,8 @@ local u64 = require "lupe.u64"
 
 local M = {}
 local from_c = u64.from_c
-local type, error, ipairs, setmetatable = type, error, ipairs, setmetatable
+local type, error, ipairs, pairs, setmetatable = type, error, ipairs, pairs, setmetatable
+local xpcall, tostring = xpcall, tostring
 
 local Session = {}
 Session.__index = Session
@@ -57,8 +58,36 @@ function Session:trace(idx)
   return t
 end
 
+-- Runs a hook. An error is reported once per hook with its traceback and counted; the
+-- session goes on, unless it was created with on_hook_error = "stop".
+local function call_hook(self, name, fn, ...)
+  local ok, err = xpcall(fn, debug.traceback, ...)
+  if ok then return true, err end
+  local n = (self._hook_errors[name] or 0) + 1
+  self._hook_errors[name] = n
+  if n == 1 then
+    require("lupe.log").error("%s hook failed (reported once, counted): %s", name, tostring(err))
+  end
+  if self._stop_on_hook_error then error(name .. " hook failed: " .. tostring(err), 0) end
+  return false
+end
+
+-- on_trace: the verdict for every trace seen since the last call, once per unique trace.
+local function judge_new_traces(self)
+  local fn = self._on_trace
+  if not fn then return end
+  local n = self._s:ntraces()
+  for idx = self._judged + 1, n do
+    local ok, verdict = call_hook(self, "on_trace", fn, self:trace(idx))
+    -- A failing hook keeps the trace: losing data silently is worse than keeping it.
+    self._trace_verdicts[idx] = not ok or verdict ~= false
+  end
+  self._judged = n
+end
+
 -- The filter's verdict per (trace, pid, comm): decided once, as the entry first shows up.
 local function keep(self, e)
+  if self._on_trace and self._trace_verdicts[e.trace] == false then return false end
   local f = self._filter
   if not f then return true end
   local key = e.trace .. ":" .. e.pid .. ":" .. e.comm
@@ -71,6 +100,7 @@ local function keep(self, e)
 end
 
 local function snapshot(self, interval_only)
+  judge_new_traces(self)
   local entries, kept, dropped = self._s:entries(interval_only), {}, 0
   for _, e in ipairs(entries) do
     local t = self:trace(e.trace)
@@ -103,6 +133,14 @@ function Session:on_interval(seconds, fn)
   return self
 end
 
+-- fn(trace) -> false to drop the trace: called once per unique trace (frames, hash), its
+-- verdict remembered. Without an on_trace hook nothing of this runs.
+function Session:on_trace(fn)
+  if type(fn) ~= "function" then error("on_trace: expected a function", 2) end
+  self._on_trace = fn
+  return self
+end
+
 function Session:on_end(fn)
   if type(fn) ~= "function" then error("on_end: expected a function", 2) end
   self._on_end = fn
@@ -121,6 +159,8 @@ function Session:profile()
   local entries, dropped = snapshot(self, false)
   local stats = self:stats()
   stats.filtered_by_script = dropped
+  stats.hook_errors = 0
+  for _, n in pairs(self._hook_errors) do stats.hook_errors = stats.hook_errors + n end
   return {
     entries = entries,
     stats = stats,
@@ -150,8 +190,9 @@ function Session:run(opts)
     local n, msg = self._s:poll(math.floor(wait))
     if not n then error("session: " .. msg, 2) end
     t = now()
+    if self._on_trace then judge_new_traces(self) end
     if self._on_interval and t >= next_interval then
-      self._on_interval(snapshot(self, true))
+      call_hook(self, "on_interval", self._on_interval, snapshot(self, true))
       self._s:interval_reset()
       next_interval = t + self._interval
     end
@@ -167,7 +208,7 @@ function Session:run(opts)
   self._s:poll(0)
   self._stopped = now()
   local profile = self:profile()
-  if self._on_end then self._on_end(profile) end
+  if self._on_end then call_hook(self, "on_end", self._on_end, profile) end
   return profile
 end
 
@@ -176,14 +217,16 @@ function Session:close()
 end
 
 -- opts: frequency (Hz per CPU, default 99), kernel (default true), target,
--- filter_error_frames. Returns a session, or nil, message, errno.
+-- filter_error_frames, on_hook_error ("continue", the default, or "stop"). Returns a session, or nil, message, errno.
 function M.session(opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("session: expected an options table", 2) end
   local s, msg, errno = native.new{ frequency = opts.frequency, kernel = opts.kernel ~= false,
                                     filter_error_frames = opts.filter_error_frames }
   if not s then return nil, msg, errno end
-  local self = setmetatable({ _s = s, _traces = {}, _started = now() }, Session)
+  local self = setmetatable({ _s = s, _traces = {}, _started = now(), _hook_errors = {},
+                              _trace_verdicts = {}, _judged = 0,
+                              _stop_on_hook_error = opts.on_hook_error == "stop" }, Session)
   local ok, emsg, eno = apply_target(self, opts.target)
   if not ok then s:close() return nil, emsg, eno end
   self._target_desc = opts.target or "system"
