@@ -16,7 +16,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define CLEANUP_INTERVAL_NS (30ull * 1000000000ull)
 /* Error-frame reasons the session adds itself (BPF reasons come with the unwinder). */
 #define LUPE_ERR_USER_TRUNCATED 1
 #define LUPE_ERR_KERNEL_TRUNCATED 2
@@ -65,12 +64,12 @@ struct lupe_session {
 	pid_t *young, *young_prev;
 	size_t nyoung, nyoung_prev, cap_young;
 
+	bool targeted, paused_by_user;
 	pid_t child;
 	bool child_done;
 	int child_status;
 
 	uint64_t batch_min_ktime;
-	uint64_t last_cleanup;
 	struct lupe_session_stats st;
 };
 
@@ -387,6 +386,16 @@ static void remember_young(struct lupe_session *s, pid_t pid)
 	s->young[s->nyoung++] = pid;
 }
 
+static bool synced_this_poll(const struct lupe_session *s, pid_t pid)
+{
+	size_t i;
+
+	for (i = 0; i < s->nyoung; i++)
+		if (s->young[i] == pid)
+			return true;
+	return false;
+}
+
 static void resync_young(struct lupe_session *s)
 {
 	pid_t *t;
@@ -430,7 +439,9 @@ static int new_entry(struct lupe_session *s, const struct lupe_sample *smp, uint
 		/* A return address points after the call, possibly past the mapping's end. */
 		miss = lupe_procmgr__find_mapping(s->pm, raw.pid, i > 0 ? addr - 1 : addr,
 						  smp->ktime, &m, NULL, 0);
-		if (miss && !resynced) {
+		/* Junk return addresses (frame-pointer walks through code without frame
+		 * pointers) never resolve: read a process's maps at most once per drain. */
+		if (miss && !resynced && !synced_this_poll(s, raw.pid)) {
 			resynced = true;
 			s->st.resyncs++;
 			remember_young(s, raw.pid);
@@ -592,10 +603,7 @@ int lupe_session__poll(struct lupe_session *s, int timeout_ms)
 	 * began, if it was empty) has been converted: processes that exited by then can go. */
 	lupe_procmgr__symbolization_complete(s->pm, s->batch_min_ktime < start ? s->batch_min_ktime
 										 : start);
-	if (start - s->last_cleanup > CLEANUP_INTERVAL_NS) {
-		s->last_cleanup = start;
-		lupe_procmgr__cleanup_pids(s->pm);
-	}
+	lupe_procmgr__tick(s->pm, start);
 	if (s->child > 0 && !s->child_done && waitpid(s->child, &s->child_status, WNOHANG) == s->child)
 		s->child_done = true;
 	return n;
@@ -603,11 +611,20 @@ int lupe_session__poll(struct lupe_session *s, int timeout_ms)
 
 /* ---- targets and the command ------------------------------------------------------------ */
 
+/* Sampling starts (or goes on) once a target is set: see start_paused in __new. */
+static int targeted(struct lupe_session *s, int err)
+{
+	if (err < 0 || s->paused_by_user)
+		return err;
+	s->targeted = true;
+	return lupe_tracer__resume(s->tracer) ?: err;
+}
+
 int lupe_session__target_system(struct lupe_session *s)
 {
 	if (!s->tracer)
 		return -EOPNOTSUPP;
-	return lupe_tracer__target_all(s->tracer);
+	return targeted(s, lupe_tracer__target_all(s->tracer));
 }
 
 int lupe_session__target_pids(struct lupe_session *s, const pid_t *pids, size_t n)
@@ -617,7 +634,7 @@ int lupe_session__target_pids(struct lupe_session *s, const pid_t *pids, size_t 
 
 	for (i = 0; !err && i < n; i++)
 		lupe_procmgr__synchronize_process(s->pm, pids[i]);
-	return err;
+	return s->tracer ? targeted(s, err) : err;
 }
 
 int lupe_session__target_cgroup(struct lupe_session *s, const char *path)
@@ -636,7 +653,7 @@ int lupe_session__target_cgroup(struct lupe_session *s, const char *path)
 		pr_warn("cgroup '%s': not a cgroup v2 directory", path);
 		return -ENOTDIR;
 	}
-	return lupe_tracer__target_cgroup(s->tracer, st.st_ino);
+	return targeted(s, lupe_tracer__target_cgroup(s->tracer, st.st_ino));
 }
 
 int lupe_session__start_command(struct lupe_session *s, char *const argv[])
@@ -682,7 +699,7 @@ int lupe_session__start_command(struct lupe_session *s, char *const argv[])
 	go[0] = -1;
 	close(fail[1]);
 	fail[1] = -1;
-	err = lupe_tracer__follow_pid(s->tracer, pid);
+	err = targeted(s, lupe_tracer__follow_pid(s->tracer, pid));
 	if (err) {
 		kill(pid, SIGKILL);
 		waitpid(pid, NULL, 0);
@@ -733,12 +750,19 @@ unsigned int lupe_session__frequency(const struct lupe_session *s)
 
 int lupe_session__pause(struct lupe_session *s)
 {
-	return s->tracer ? lupe_tracer__pause(s->tracer) : -EOPNOTSUPP;
+	if (!s->tracer)
+		return -EOPNOTSUPP;
+	s->paused_by_user = true;
+	return lupe_tracer__pause(s->tracer);
 }
 
 int lupe_session__resume(struct lupe_session *s)
 {
-	return s->tracer ? lupe_tracer__resume(s->tracer) : -EOPNOTSUPP;
+	if (!s->tracer)
+		return -EOPNOTSUPP;
+	s->paused_by_user = false;
+	/* Nothing to sample before a target is set. */
+	return s->targeted ? lupe_tracer__resume(s->tracer) : 0;
 }
 
 /* ---- the aggregate ----------------------------------------------------------------------- */
@@ -802,7 +826,9 @@ struct lupe_procmgr *lupe_session__procmgr(struct lupe_session *s)
 
 struct lupe_session *lupe_session__new(const struct lupe_session_opts *opts)
 {
-	LUPE_OPTS(lupe_tracer_opts, topts, .frequency = OPT(opts, frequency, 0),
+	/* Paused until a target is set: a command's profile must not start with a moment of
+	 * every other process. */
+	LUPE_OPTS(lupe_tracer_opts, topts, .frequency = OPT(opts, frequency, 0), .start_paused = true,
 		  .no_kernel_stacks = OPT(opts, no_kernel, false),
 		  .ringbuf_bytes = OPT(opts, ringbuf_bytes, 0));
 	struct lupe_session *s = calloc(1, sizeof(*s));
@@ -841,7 +867,6 @@ struct lupe_session *lupe_session__new(const struct lupe_session_opts *opts)
 			goto err_out;
 		}
 	}
-	s->last_cleanup = lupe_ktime_now();
 	return s;
 err_out:
 	lupe_session__free(s);

@@ -37,7 +37,7 @@ struct lupe_session_opts {
 
 struct lupe_session;
 
-/* Loads and attaches the sampler (sampling every process until a target is set). NULL +
+/* Loads and attaches the sampler, which samples nothing until a target is set. NULL +
  * errno on failure (the reason is logged: privileges, BTF, ...). */
 struct lupe_session *lupe_session__new(const struct lupe_session_opts *opts);
 /* Detaches, kills a still-running command (SIGKILL) and frees. NULL ok. */
