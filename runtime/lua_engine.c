@@ -10,15 +10,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+int luaopen_lupe_codec(lua_State *L);
+int luaopen_lupe_apm(lua_State *L);
 int luaopen_lupe_log(lua_State *L);
 int luaopen_lupe_procmgr(lua_State *L);
+int luaopen_lupe_ehframe(lua_State *L);
 int luaopen_lupe_session(lua_State *L);
 
 /* Opening every submodule is cheap (functions and metatables only), and one table works
  * the same inside the executable and in native.so: native.log, native.procmgr, ... */
 static const luaL_Reg native_modules[] = {
+	{ "codec", luaopen_lupe_codec },
+	{ "apm", luaopen_lupe_apm },
 	{ "log", luaopen_lupe_log },
 	{ "procmgr", luaopen_lupe_procmgr },
+	{ "ehframe", luaopen_lupe_ehframe },
 	{ "session", luaopen_lupe_session },
 	{ NULL, NULL },
 };

@@ -217,7 +217,8 @@ function Session:close()
 end
 
 -- opts: frequency (Hz per CPU, default 99), kernel (default true), target,
--- filter_error_frames, on_hook_error ("continue", the default, or "stop"). Returns a session, or nil, message, errno.
+-- filter_error_frames, on_hook_error ("continue", the default, or "stop").
+-- Returns a session, or nil, message, errno.
 function M.session(opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("session: expected an options table", 2) end
