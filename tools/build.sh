@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 packages=(
   build-essential cmake pkg-config    # the C toolchain
   clang llvm                          # clang -target bpf, llvm-strip
+  libclang-rt-dev                     # libFuzzer + sanitizer runtimes (tests/fuzz)
   libbpf-dev bpftool                  # BPF loading, skeletons, vmlinux.h
   libelf-dev zlib1g-dev               # libelf (ELF parsing; libbpf needs it too)
   libssl-dev                          # libcrypto's SHA-256 for file IDs
