@@ -18,6 +18,8 @@ packages=(
   lua-lpeg lua-busted lua-check       # filters; test runner; linter
   binutils                            # readelf/objdump, used by tests as independent oracles
   procps util-linux                   # ps, unshare: integration tests
+  golang-go chromium                  # outside readers in tests: go tool pprof, headless Chromium
+  libxml2-utils python3               # xmllint (SVG well-formed), a second JSON parser
 )
 
 missing=()

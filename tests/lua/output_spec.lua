@@ -9,9 +9,11 @@ end
 
 -- Two processes with the same comm share a stack; a third differs.
 local function profile()
-  local main = frame("native", "main", "app")
-  local work = frame("native", "work", "app")
-  local read = frame("kernel", "vfs_read", "[kernel]")
+  -- Distinct functions have distinct addresses (outputs identify frames by module and
+  -- address).
+  local main = frame("native", "main", "app", 0x1000)
+  local work = frame("native", "work", "app", 0x2000)
+  local read = frame("kernel", "vfs_read", "[kernel]", 0x3000)
   local anon = frame("native", nil, "libfoo.so", 0x1139)
   return {
     entries = {
