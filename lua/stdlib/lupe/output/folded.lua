@@ -1,7 +1,8 @@
 -- Brendan Gregg's collapsed stacks: one line per unique stack, root first,
 --   comm;root_frame;...;leaf_frame COUNT
 -- ready for flamegraph.pl, inferno or speedscope. Identical stacks of different processes
--- with the same comm are merged.
+-- with the same comm are merged. write() streams lines in the order stacks were first
+-- sampled (flame graph tools sort for themselves); lines() returns them sorted.
 local output = require "lupe.output"
 
 local M = {}
@@ -12,49 +13,72 @@ local function clean(s)
   return (s:gsub("[;\n]", "_"))
 end
 
--- The merged stacks, sorted, and their counts. Each distinct frame's label is computed
--- once (output.locator numbers frames by module and address), not once per stack.
-local function merged(profile)
+-- Calls fn(comm, names, n, count) once per merged stack, names[1..n] root first. Stacks
+-- merge by (comm, trace hash), or by their frames' ids where no hash is given; each
+-- distinct frame is labelled once (output.locator numbers frames by module and address).
+local function each_stack(profile, fn)
   local locate = output.locator()
-  local names, comms, counts, order, parts = {}, {}, {}, {}, {}
+  local names, comms, index, slots, ids = {}, {}, {}, {}, {}
   for _, e in ipairs(profile.entries) do
     local comm = e.comm ~= "" and e.comm or "[unknown]"
     local c = comms[comm]
     if not c then c = clean(comm) comms[comm] = c end
-    parts[1] = c
     local frames = e.frames
     local n = #frames
+    local key = e.hash
     for i = 1, n do
       local f = frames[i]
       local id, new = locate(f)
       if new then names[id] = clean(label(f)) end
-      parts[n - i + 2] = names[id]
+      ids[n - i + 1] = id
     end
-    local key = concat(parts, ";", 1, n + 1)
-    if counts[key] == nil then order[#order + 1] = key counts[key] = 0 end
-    counts[key] = counts[key] + e.count
+    key = c .. "\0" .. (key or concat(ids, ",", 1, n))
+    local slot = index[key]
+    if slot then
+      slot.count = slot.count + e.count
+    else
+      slot = { comm = c, ids = { unpack(ids, 1, n) }, count = e.count }
+      index[key] = slot
+      slots[#slots + 1] = slot
+    end
   end
-  sort(order)
-  return order, counts
+  local parts = {}
+  for _, slot in ipairs(slots) do
+    local sids = slot.ids
+    for i = 1, #sids do parts[i] = names[sids[i]] end
+    fn(slot.comm, parts, #sids, slot.count)
+  end
 end
 
 function M.lines(profile)
-  local order, counts = merged(profile)
   local lines = {}
-  for i, key in ipairs(order) do lines[i] = ("%s %d"):format(key, counts[key]) end
-  return lines, counts
+  each_stack(profile, function(comm, parts, n, count)
+    lines[#lines + 1] = ("%s;%s %d"):format(comm, concat(parts, ";", 1, n), count)
+  end)
+  -- A stack without frames has no ";" after its comm.
+  for i, l in ipairs(lines) do lines[i] = l:gsub("; (%d+)$", " %1") end
+  sort(lines)
+  return lines
 end
 
 function M.write(profile, fh)
-  local order, counts = merged(profile)
-  local buf, nb = {}, 0
-  for _, key in ipairs(order) do
-    buf[nb + 1], buf[nb + 2] = key, (" %d\n"):format(counts[key])
-    nb = nb + 2
-    if nb >= 2048 then fh:write(concat(buf, "", 1, nb)) nb = 0 end
-  end
+  local buf, nb, nlines = {}, 0, 0
+  each_stack(profile, function(comm, parts, n, count)
+    buf[nb + 1] = comm
+    if n > 0 then
+      buf[nb + 2] = ";"
+      buf[nb + 3] = concat(parts, ";", 1, n)
+      nb = nb + 3
+    else
+      nb = nb + 1
+    end
+    buf[nb + 1] = (" %d\n"):format(count)
+    nb = nb + 1
+    nlines = nlines + 1
+    if nb >= 4096 then fh:write(concat(buf, "", 1, nb)) nb = 0 end
+  end)
   fh:write(concat(buf, "", 1, nb))
-  return #order
+  return nlines
 end
 
 return M
