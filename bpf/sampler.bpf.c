@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /* The sampler: a perf_event program run on every CPU at N Hz that filters the interrupted
- * task against the target set, reads its kernel and user stacks (frame pointers, for now)
- * and writes one lupe_sample into the samples ring; plus three sched tracepoints that keep
- * the target set in step with forks and report exec/exit/fork to user space.
+ * task against the target set, reads its kernel stack and its user stack (frame pointers
+ * through bpf_get_stack, or the native unwinder of unwind.bpf.h when loaded with
+ * unwind_enabled) and writes one lupe_sample into the samples ring; plus three sched
+ * tracepoints that keep the target set in step with forks and report exec/exit/fork to
+ * user space.
  * Nothing wakes user space per record: it drains the rings on a timer (a wakeup costs
  * ~5 us per sample here, more than the rest of the program). */
 #include "vmlinux.h"
@@ -63,6 +65,9 @@ struct {
 struct lupe_report_state {
 	__u64 last_exec;        /* ktime of the last exec reported; 0: none */
 	__u64 stale;            /* an exec went unreported: the next sample reports the pid */
+	__u64 exec_at;          /* ktime of the last exec, reported or not; 0: none seen */
+	__u64 last_request;     /* ktime of the last report of the pid as unknown to the
+				 * unwinder (0: none) */
 };
 
 struct {
@@ -93,6 +98,8 @@ struct {
 	__type(key, __u32);
 	__type(value, struct lupe_scratch);
 } scratch SEC(".maps");
+
+#include "unwind.bpf.h"
 
 static __always_inline struct lupe_sampler_counters *get_counters(void)
 {
@@ -164,6 +171,95 @@ static __always_inline bool emit_event(struct lupe_sampler_counters *c, __u32 ty
 	return true;
 }
 
+/* One 8-byte load of the sampled registers, written out: clang likes to form ctx + off
+ * and load through that, which the verifier rejects for context pointers. */
+#define ctx_reg(ctx, off) ({							\
+	__u64 v_;								\
+	asm volatile("%[v] = *(u64 *)(%[c] + %[o])"				\
+		     : [v] "=r"(v_)						\
+		     : [c] "r"(ctx), [o] "i"(__builtin_offsetof(struct bpf_perf_event_data, regs) + (off))); \
+	v_;									\
+})
+
+/* Walks the user stack with the native unwinder into s->frames[klen...]: from the sampled
+ * registers, or for a sample taken in the kernel from the task's saved user registers.
+ * Sets *ulen and the sample's flags. Returns whether the pid was known to the unwinder
+ * (kernel threads, which have no user stack, count as known: nothing to report). */
+static __always_inline bool native_unwind(struct bpf_perf_event_data *ctx,
+					  struct lupe_sampler_counters *c, struct lupe_sample *s,
+					  __u32 klen, __u32 tgid, __u64 now,
+					  const struct lupe_report_state *rs, __u32 *ulen)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct unwind_ctx *u;
+	struct pt_regs *regs;
+	__u32 reason, zero = 0;
+
+	*ulen = 0;
+	if (!task->mm)
+		return true;
+	u = bpf_map_lookup_elem(&unwind_state, &zero);
+	if (!u)
+		return true;
+	__builtin_memset(u, 0, sizeof(*u));
+	if (s->flags & LUPE_SAMPLE_KERNEL_MODE) {
+		regs = (struct pt_regs *)bpf_task_pt_regs(task);
+		if (!regs)
+			return true;
+		u->pc = regs->ip;
+		u->sp = regs->sp;
+		u->fp = regs->bp;
+	} else {
+		u->pc = ctx_reg(ctx, __builtin_offsetof(struct pt_regs, ip));
+		u->sp = ctx_reg(ctx, __builtin_offsetof(struct pt_regs, sp));
+		u->fp = ctx_reg(ctx, __builtin_offsetof(struct pt_regs, bp));
+	}
+	u->synced_at = unwind_pid_synced(tgid, rs ? rs->exec_at : 0);
+	u->known = u->synced_at != 0;
+	u->pid = tgid;
+	u->now = now;
+	u->base = klen;
+	u->limit = unwind_max_frames < LUPE_MAX_FRAMES ? unwind_max_frames : LUPE_MAX_FRAMES;
+	u->exact = 1;
+	/* One more round than frames: it tells a full stack from a longer one. */
+	bpf_loop(LUPE_MAX_FRAMES + 1, unwind_step, NULL, 0);
+
+	*ulen = u->n;
+	if (*ulen > LUPE_MAX_FRAMES)
+		*ulen = LUPE_MAX_FRAMES;
+	if (u->err) {
+		s->flags |= LUPE_SAMPLE_UNWIND_ERR;
+		s->user_err = u->err;
+		reason = u->err - LUPE_UNWIND_ERR_NO_MAPPING;
+		if (c && reason < LUPE_UNWIND_NERR)
+			__sync_fetch_and_add(&c->unwind_err[reason], 1);
+	}
+	if (u->truncated) {
+		s->flags |= LUPE_SAMPLE_USER_TRUNC;
+		COUNT(c, user_trunc);
+	}
+	if (u->dwarf_frames)
+		s->flags |= LUPE_SAMPLE_UNWOUND;
+	if (u->fp_used)
+		s->flags |= LUPE_SAMPLE_FP_FALLBACK;
+	if (c) {
+		__sync_fetch_and_add(&c->unwind_samples, 1);
+		if (u->dwarf_frames)
+			__sync_fetch_and_add(&c->unwind_frames, u->dwarf_frames);
+		if (u->fp_frames)
+			__sync_fetch_and_add(&c->fallback_frames, u->fp_frames);
+		if (u->no_table_frames)
+			__sync_fetch_and_add(&c->no_table_frames, u->no_table_frames);
+		if (!u->known)
+			__sync_fetch_and_add(&c->unknown_pid, 1);
+		if (u->stopped)
+			__sync_fetch_and_add(&c->unwind_stops, 1);
+		if (u->cache_hits)
+			__sync_fetch_and_add(&c->unwind_cache_hits, u->cache_hits);
+	}
+	return u->known;
+}
+
 SEC("perf_event")
 int lupe_sample(struct bpf_perf_event_data *ctx)
 {
@@ -177,6 +273,7 @@ int lupe_sample(struct bpf_perf_event_data *ctx)
 	__u64 now, size, rb_flags = BPF_RB_NO_WAKEUP;
 	long kret = 0, uret = 0;
 	__u32 klen = 0, ulen = 0, room;
+	bool known = true;
 
 	COUNT(c, samples_seen);
 	if (tgid == 0) {
@@ -218,7 +315,10 @@ int lupe_sample(struct bpf_perf_event_data *ctx)
 			COUNT(c, kernel_trunc);
 		}
 	}
-	if (user_stacks) {
+	rs = bpf_map_lookup_elem(&reported, &tgid);
+	if (user_stacks && unwind_enabled) {
+		known = native_unwind(ctx, c, s, klen, tgid, now, rs, &ulen);
+	} else if (user_stacks) {
 		/* For a sample taken in the kernel the helper unwinds from the task's saved user
 		 * registers, so both parts are filled either way. */
 		uret = bpf_get_stack(ctx, &s->frames[klen], LUPE_MAX_FRAMES * 8, BPF_F_USER_STACK);
@@ -255,16 +355,22 @@ int lupe_sample(struct bpf_perf_event_data *ctx)
 
 	/* First sample of a pid user space was not told about: report it, so processes that
 	 * were running before the tracer started become known. A lost report is retried by
-	 * the next sample. */
-	rs = bpf_map_lookup_elem(&reported, &tgid);
-	if (!rs || rs->stale) {
+	 * the next sample. A pid the unwinder does not know is reported again now and then,
+	 * until user space has synchronized it. */
+	if (!rs || rs->stale || (!known && now - rs->last_request >= unwind_report_ns)) {
 		task = bpf_get_current_task_btf();
 		if (emit_event(c, LUPE_EV_NEW_PID, tgid, task->real_parent->tgid, 0, now,
 			       task->group_leader->comm)) {
-			if (rs)
+			if (!known)
+				COUNT(c, sync_requests);
+			if (rs) {
 				rs->stale = 0;
-			else
+				if (!known)
+					rs->last_request = now;
+			} else {
+				fresh.last_request = known ? 0 : now;
 				bpf_map_update_elem(&reported, &tgid, &fresh, BPF_ANY);
+			}
 		}
 	}
 	return 0;
@@ -315,10 +421,15 @@ int BPF_PROG(lupe_exec, struct task_struct *p, pid_t old_pid, struct linux_binpr
 	rs = bpf_map_lookup_elem(&reported, &tgid);
 	if (rs && rs->last_exec && now - rs->last_exec < report_interval_ns) {
 		rs->stale = 1;
+		/* The unwinder stops trusting the mappings user space gave for the old image,
+		 * and asks for the new ones at the next sample. */
+		rs->exec_at = now;
+		rs->last_request = 0;
 		COUNT(c, events_ratelimited);
 		return 0;
 	}
 	st.last_exec = now;
+	st.exec_at = now;
 	if (!emit_event(c, LUPE_EV_EXEC, tgid, p->real_parent->tgid, 0, now, p->comm))
 		st.stale = 1;
 	bpf_map_update_elem(&reported, &tgid, &st, BPF_ANY);
@@ -340,6 +451,8 @@ int BPF_PROG(lupe_exit, struct task_struct *p)
 	/* The pid may be reused by an unrelated process: forget it. */
 	bpf_map_delete_elem(&targets, &tgid);
 	bpf_map_delete_elem(&reported, &tgid);
+	if (unwind_enabled)
+		bpf_map_delete_elem(&unwind_pids, &tgid);
 	return 0;
 }
 

@@ -1,5 +1,5 @@
-/* Shared with runtime/tracer.c: the records the sampler writes into its two ring buffers
- * and the counters it keeps. Fixed-width types only; everything is prefixed lupe_ because
+/* Shared with runtime/tracer.c and runtime/stackdeltas.c: the records the sampler writes
+ * into its two ring buffers, the counters it keeps, and the native unwinder's maps. Fixed-width types only; everything is prefixed lupe_ because
  * vmlinux.h already defines names such as "struct sample". */
 #ifndef LUPE_BPF_SAMPLER_H
 #define LUPE_BPF_SAMPLER_H
@@ -7,6 +7,8 @@
 #ifndef LUPE_MAX_FRAMES
 #define LUPE_MAX_FRAMES 128
 #endif
+/* Unwinding error reasons counted (LUPE_UNWIND_ERR_NO_MAPPING .. _FP_CHAIN in unwind.h). */
+#define LUPE_UNWIND_NERR 7
 #ifndef LUPE_COMM_LEN
 #define LUPE_COMM_LEN 16
 #endif
@@ -16,10 +18,19 @@
 #define LUPE_SAMPLE_USER_TRUNC   0x2 /* the user stack filled its limit or the record */
 #define LUPE_SAMPLE_USER_ERR     0x4 /* bpf_get_stack(USER) failed; errno in user_err */
 #define LUPE_SAMPLE_KERNEL_MODE  0x8 /* the sampled instruction was in the kernel */
+/* Native unwinding (the tracer's opts.unwind) sets these instead of USER_ERR: */
+#define LUPE_SAMPLE_UNWIND_ERR   0x10 /* the user part ended early: user_err holds the
+				       * reason, a LUPE_UNWIND_ERR_* from unwind.h */
+#define LUPE_SAMPLE_UNWOUND      0x20 /* stack deltas unwound at least one user frame */
+#define LUPE_SAMPLE_FP_FALLBACK  0x40 /* the frame-pointer walk took over for at least one
+				       * frame: unknown pid, or a file without delta table */
 
 /* One sample. frames[] holds kernel_len kernel frames, then user_len user frames, each a
  * raw instruction address as bpf_get_stack returns it: the first of each part is the
- * sampled IP (kernel part) or the user IP, the rest are return addresses.
+ * sampled IP (kernel part) or the user IP, the rest are return addresses. The native
+ * unwinder keeps that convention across signal frames: the interrupted instruction's
+ * address, which is exact rather than a return address, is written plus one, so that
+ * "return address - 1" gives the instruction back.
  * The record in the ring buffer is cut after the last valid frame: its size is
  * offsetof(struct lupe_sample, frames) + 8 * (kernel_len + user_len), never more. */
 struct lupe_sample {
@@ -31,7 +42,8 @@ struct lupe_sample {
 	char comm[LUPE_COMM_LEN]; /* the thread's comm */
 	__u16 kernel_len;
 	__u16 user_len;
-	__u32 user_err;         /* positive errno when LUPE_SAMPLE_USER_ERR */
+	__u32 user_err;         /* positive errno when LUPE_SAMPLE_USER_ERR; the
+				 * LUPE_UNWIND_ERR_* reason when LUPE_SAMPLE_UNWIND_ERR */
 	__u64 frames[LUPE_MAX_FRAMES];
 };
 
@@ -44,7 +56,9 @@ struct lupe_sample {
 #define LUPE_EV_EXIT    2 /* the last thread of pid exited */
 #define LUPE_EV_FORK    3 /* pid is a new process forked by ppid (threads are not reported) */
 #define LUPE_EV_NEW_PID 4 /* pid was sampled and is not known to have been reported (a
-                           * process older than the tracer, or after a lost report) */
+                           * process older than the tracer, or after a lost report); with
+                           * native unwinding also: pid was sampled and the unwinder does
+                           * not know its mappings (at most every unwind_report_ns) */
 
 struct lupe_proc_event {
 	__u32 type;             /* LUPE_EV_* */
@@ -82,6 +96,84 @@ struct lupe_sampler_counters {
 	__u64 events_lost;      /* process events lost: the events ring had no room */
 	__u64 events_ratelimited; /* exec reports suppressed by the per-pid rate limit */
 	__u64 follow_full;      /* forks of followed processes not followed: targets map full */
+	/* Native unwinding (all 0 without it). */
+	__u64 unwind_samples;   /* samples whose user stack the native unwinder walked */
+	__u64 unwind_frames;    /* user frames unwound with stack deltas */
+	__u64 fallback_frames;  /* user frames unwound by the frame-pointer fallback */
+	__u64 unknown_pid;      /* samples of a pid whose mappings BPF did not know */
+	__u64 no_table_frames;  /* of fallback_frames: the file had no delta table (none, or
+				 * evicted by the memory budget) */
+	__u64 unwind_stops;     /* walks that ended at an outermost frame (LUPE_CMD_STOP) */
+	__u64 sync_requests;    /* LUPE_EV_NEW_PID sent because the pid was unknown */
+	__u64 unwind_cache_hits; /* rule lookups the per-CPU rule cache answered */
+	/* Walks that ended in an error, by reason (LUPE_UNWIND_ERR_NO_MAPPING + i). */
+	__u64 unwind_err[LUPE_UNWIND_NERR];
+};
+
+/* ---- native unwinding: the maps user space fills (runtime/stackdeltas.c) ------------
+ *
+ * pid -> marker:  unwind_pids. BPF unwinds a pid with deltas only while it has a marker
+ *                 newer than the pid's last exec; other pids get the frame-pointer walk
+ *                 and are reported (LUPE_EV_NEW_PID) so user space synchronizes them.
+ * (pid, address) -> mapping:  unwind_mappings, an LPM trie; a mapping is stored as the
+ *                 minimal set of aligned power-of-two prefixes that covers it exactly.
+ * file -> state:  unwind_files; BPF records when the file was last sampled there.
+ * (file, address >> 16) -> page: unwind_pages; the page's slots in the delta array.
+ * slot -> delta:  unwind_tables[slot >> LUPE_UNWIND_CHUNK_BITS], chunks of slot pairs
+ *                 that user space adds as needed; each slot is (address & 0xffff) |
+ *                 rule << 16. A page's slots are sorted by address, lie in one chunk,
+ *                 and its first slot is at address 0 of the page (the rule carried in
+ *                 from before the page), so a page is searched on its own.
+ * rule -> rule:   unwind_rules, deduplicated; rule 0 is LUPE_CMD_INVALID. */
+#define LUPE_UNWIND_PAGE_BITS 16
+#define LUPE_UNWIND_CHUNK_BITS 18   /* slots per chunk: 2^18 (1 MiB) */
+#define LUPE_UNWIND_MAX_RULES 65536
+
+struct lupe_unwind_pid {
+	__u64 synced_at;        /* ktime before user space read the pid's maps */
+};
+
+struct lupe_unwind_mapping_key {
+	__u32 prefixlen;        /* 32 (the pid) + address bits */
+	__u32 pid_be;           /* big-endian, as LPM tries compare bytes */
+	__u64 addr_be;
+};
+
+struct lupe_unwind_mapping {
+	__u64 file_id;          /* host file ID */
+	__u64 bias;             /* address in the process - ELF address */
+	__u64 start, end;       /* the whole mapping: [start, end) */
+};
+
+#define LUPE_UNWIND_FILE_LOADED 0x1 /* its pages are in unwind_pages */
+
+struct lupe_unwind_file {
+	__u64 last_sampled;     /* ktime; written by BPF (coarsely), read for eviction */
+	__u32 flags;            /* LUPE_UNWIND_FILE_* */
+	__u32 _pad;
+};
+
+struct lupe_unwind_page_key {
+	__u64 file_id;
+	__u64 page;             /* ELF address >> LUPE_UNWIND_PAGE_BITS */
+};
+
+struct lupe_unwind_page {
+	__u32 first;            /* first slot */
+	__u32 count;            /* >= 1 */
+};
+
+/* Two slots: an array value must be 8 bytes at least. */
+struct lupe_unwind_slots {
+	__u32 slot[2];
+};
+
+struct lupe_unwind_rule {
+	__u8 cfa_opcode;        /* LUPE_CFA_* */
+	__u8 fp_opcode;         /* LUPE_FP_* */
+	__u16 _pad;
+	__s32 cfa_param;
+	__s32 fp_param;
 };
 
 #endif

@@ -4,6 +4,9 @@
 #include "lua_u64.h"
 #include "session.h"
 
+#include <linux/types.h>
+#include "sampler.h"
+
 #include <errno.h>
 #include <lauxlib.h>
 #include <lua.h>
@@ -55,7 +58,10 @@ static int l_new(lua_State *L)
 		opts.no_kernel = !lua_isnil(L, -1) && !lua_toboolean(L, -1);
 		lua_getfield(L, 1, "filter_error_frames");
 		opts.filter_error_frames = lua_toboolean(L, -1);
-		lua_pop(L, 3);
+		/* unwind = false: frame-pointer user stacks instead of the native unwinder. */
+		lua_getfield(L, 1, "unwind");
+		opts.no_unwind = !lua_isnil(L, -1) && !lua_toboolean(L, -1);
+		lua_pop(L, 4);
 	}
 	u = lua_newuserdata(L, sizeof(*u));
 	u->s = NULL;
@@ -333,6 +339,43 @@ static int l_stats(lua_State *L)
 	SET(exit_events);
 	SET(new_pid_events);
 	SET(ncpus);
+	SET(unwind_samples);
+	SET(unwind_frames);
+	SET(fallback_frames);
+	SET(no_table_frames);
+	SET(unknown_pid_samples);
+	SET(unwind_errors);
+	SET(sync_requests);
+	SET(exec_syncs);
+	{
+		/* Unwinding errors by reason, named as the error frames are. */
+		static const char *const reasons[LUPE_UNWIND_NERR] = {
+			"no_mapping", "no_delta", "invalid_rule", "read_fault", "too_deep",
+			"zero_pc", "fp_chain",
+		};
+		int i;
+
+		lua_createtable(L, 0, LUPE_UNWIND_NERR);
+		for (i = 0; i < LUPE_UNWIND_NERR; i++) {
+			lua_pushnumber(L, (lua_Number)st.unwind_err[i]);
+			lua_setfield(L, -2, reasons[i]);
+		}
+		lua_setfield(L, -2, "unwind_err");
+	}
+	lua_createtable(L, 0, 8);
+	lua_pushnumber(L, (lua_Number)st.deltas.files_resident);
+	lua_setfield(L, -2, "files_resident");
+	lua_pushnumber(L, (lua_Number)st.deltas.evictions);
+	lua_setfield(L, -2, "evictions");
+	lua_pushnumber(L, (lua_Number)st.deltas.no_room);
+	lua_setfield(L, -2, "no_room");
+	lua_pushnumber(L, (lua_Number)st.deltas.rejected);
+	lua_setfield(L, -2, "rejected");
+	lua_pushnumber(L, (lua_Number)st.deltas.bytes_used);
+	lua_setfield(L, -2, "bytes_used");
+	lua_pushnumber(L, (lua_Number)st.deltas.budget_bytes);
+	lua_setfield(L, -2, "budget_bytes");
+	lua_setfield(L, -2, "deltas");
 	lua_createtable(L, 0, 16);
 	SET_PM(sync_attempts);
 	SET_PM(sync_esrch);

@@ -1,10 +1,12 @@
 #define LUPE_LOG_PREFIX "session: "
 #include "session.h"
 
+#include "ehframe.h"
 #include "hashmap.h"
 #include "log.h"
 #include "symcache.h"
 #include "tracer.h"
+#include "unwind.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,7 +18,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* Error-frame reasons the session adds itself (BPF reasons come with the unwinder). */
+/* Evicted delta tables that were sampled again are reloaded at most this often. */
+#define MAINTAIN_INTERVAL_NS 1000000000ull
+/* Error-frame reasons the session adds itself (BPF's are LUPE_UNWIND_ERR_* in unwind.h). */
 #define LUPE_ERR_USER_TRUNCATED 1
 #define LUPE_ERR_KERNEL_TRUNCATED 2
 
@@ -36,6 +40,7 @@ struct slot {
 struct lupe_session {
 	struct lupe_tracer *tracer;
 	struct lupe_procmgr *pm;
+	struct lupe_ebpf_handler *unwinder; /* the manager's handler when unwinding; borrowed */
 	struct lupe_symcache *syms;
 	uint64_t kernel_host;
 	bool filter_errors;
@@ -63,8 +68,13 @@ struct lupe_session {
 	 * if it is gone by the time they are drained. */
 	pid_t *young, *young_prev;
 	size_t nyoung, nyoung_prev, cap_young;
+	/* Processes that exec'd in this drain: their new image is read after it, unless they
+	 * exited meanwhile (most execs of a busy machine are short-lived commands). */
+	pid_t *execd;
+	size_t nexecd, cap_execd;
 
 	bool targeted, paused_by_user;
+	bool system_wide;               /* the target is every process */
 	pid_t child;
 	bool child_done;
 	int child_status;
@@ -194,6 +204,13 @@ static const char *reason_str(uint64_t code)
 	switch (code) {
 	case LUPE_ERR_USER_TRUNCATED: return "[truncated: user stack too deep]";
 	case LUPE_ERR_KERNEL_TRUNCATED: return "[truncated: kernel stack too deep]";
+	case LUPE_UNWIND_ERR_NO_MAPPING: return "[unwind error: no mapping]";
+	case LUPE_UNWIND_ERR_NO_DELTA: return "[unwind error: no delta]";
+	case LUPE_UNWIND_ERR_INVALID: return "[unwind error: invalid rule]";
+	case LUPE_UNWIND_ERR_READ_FAULT: return "[unwind error: stack read fault]";
+	case LUPE_UNWIND_ERR_TOO_DEEP: return "[unwind error: too deep]";
+	case LUPE_UNWIND_ERR_ZERO_PC: return "[unwind error: zero return address]";
+	case LUPE_UNWIND_ERR_FP_CHAIN: return "[unwind error: frame-pointer chain]";
 	default: return "[unwind error]";
 	}
 }
@@ -363,6 +380,20 @@ static bool same_raw(const struct entry_raw *r, const struct lupe_profile_entry 
 	       memcmp(r->frames, smp->frames, 8 * (size_t)(r->klen + r->ulen)) == 0;
 }
 
+/* Synchronizes pid and, with native unwinding, lets BPF unwind it from now on: its
+ * marker carries the time before /proc/PID/maps was read, so an exec that BPF sees after
+ * that time still voids it. */
+static int sync_pid(struct lupe_session *s, pid_t pid)
+{
+	uint64_t t0 = lupe_ktime_now();
+	int err;
+
+	err = lupe_procmgr__synchronize_process(s->pm, pid);
+	if (!err && s->unwinder)
+		lupe_stackdeltas__commit(s->unwinder, pid, t0);
+	return err;
+}
+
 static void remember_young(struct lupe_session *s, pid_t pid)
 {
 	size_t i;
@@ -402,7 +433,7 @@ static void resync_young(struct lupe_session *s)
 	size_t i;
 
 	for (i = 0; i < s->nyoung_prev; i++)
-		lupe_procmgr__synchronize_process(s->pm, s->young_prev[i]);
+		sync_pid(s, s->young_prev[i]);
 	t = s->young_prev;
 	s->young_prev = s->young;
 	s->young = t;
@@ -445,7 +476,7 @@ static int new_entry(struct lupe_session *s, const struct lupe_sample *smp, uint
 			resynced = true;
 			s->st.resyncs++;
 			remember_young(s, raw.pid);
-			err = lupe_procmgr__synchronize_process(s->pm, raw.pid);
+			err = sync_pid(s, raw.pid);
 			if (err)
 				pr_debug("pid %d: cannot read its mappings %llu us after the sample: %s",
 					 raw.pid, (unsigned long long)(lupe_ktime_now() - smp->ktime) / 1000,
@@ -466,6 +497,9 @@ static int new_entry(struct lupe_session *s, const struct lupe_sample *smp, uint
 	}
 	if (smp->flags & LUPE_SAMPLE_USER_TRUNC)
 		rf[n++] = (struct lupe_raw_frame){ .addr_or_line = LUPE_ERR_USER_TRUNCATED,
+						   .type = LUPE_FRAME_NATIVE | LUPE_FRAME_ERROR };
+	else if (smp->flags & LUPE_SAMPLE_UNWIND_ERR)
+		rf[n++] = (struct lupe_raw_frame){ .addr_or_line = smp->user_err,
 						   .type = LUPE_FRAME_NATIVE | LUPE_FRAME_ERROR };
 	raw.nframes = (uint32_t)n;
 	raw.frames = rf;
@@ -547,6 +581,53 @@ static int on_sample(void *ctx, const struct lupe_sample *smp)
 	return new_entry(s, smp, hash, gen, j);
 }
 
+static void push_execd(struct lupe_session *s, pid_t pid)
+{
+	size_t i;
+
+	for (i = 0; i < s->nexecd; i++)
+		if (s->execd[i] == pid)
+			return;
+	if (s->nexecd == s->cap_execd) {
+		size_t cap = s->cap_execd ? s->cap_execd * 2 : 64;
+		pid_t *p = realloc(s->execd, cap * sizeof(*p));
+
+		/* Lost: the pid's next sample asks for it (LUPE_EV_NEW_PID). */
+		if (!p)
+			return;
+		s->execd = p;
+		s->cap_execd = cap;
+	}
+	s->execd[s->nexecd++] = pid;
+}
+
+static void drop_execd(struct lupe_session *s, pid_t pid)
+{
+	size_t i;
+
+	for (i = 0; i < s->nexecd; i++) {
+		if (s->execd[i] == pid) {
+			s->execd[i] = s->execd[--s->nexecd];
+			return;
+		}
+	}
+}
+
+static void sync_execd(struct lupe_session *s)
+{
+	uint64_t t0;
+	size_t i;
+
+	if (!s->nexecd)
+		return;
+	t0 = lupe_ktime_now();
+	for (i = 0; i < s->nexecd; i++)
+		if (sync_pid(s, s->execd[i]) == 0)
+			s->st.exec_syncs++;
+	s->st.exec_sync_ns += lupe_ktime_now() - t0;
+	s->nexecd = 0;
+}
+
 static int on_event(void *ctx, const struct lupe_proc_event *ev)
 {
 	struct lupe_session *s = ctx;
@@ -555,20 +636,28 @@ static int on_event(void *ctx, const struct lupe_proc_event *ev)
 	switch (ev->type) {
 	case LUPE_EV_EXEC:
 		/* The old image stays for samples captured before the exec (conversion looks
-		 * mappings up by capture time); the new one is read when a sample needs it, so
-		 * the many execs of a busy machine cost nothing unless they are sampled. */
+		 * mappings up by capture time). The new one is read when a sample needs it,
+		 * so the many execs of a busy machine cost nothing unless they are sampled:
+		 * BPF asks for a pid it cannot unwind (LUPE_EV_NEW_PID) at its first sample.
+		 * A targeted process (a command, pids, a cgroup: only those report execs) is
+		 * read right after the drain if it still runs, so that its first samples
+		 * need no request; ~0.1 ms per process here, of which ~20 us for the
+		 * unwinder's maps. */
 		s->st.exec_events++;
 		lupe_procmgr__pid_exit(s->pm, pid, ev->ktime);
 		bump_gen(s, pid);
+		if (s->unwinder && !s->system_wide)
+			push_execd(s, pid);
 		break;
 	case LUPE_EV_EXIT:
 		s->st.exit_events++;
 		lupe_procmgr__pid_exit(s->pm, pid, ev->ktime);
 		bump_gen(s, pid);
+		drop_execd(s, pid);
 		break;
 	case LUPE_EV_NEW_PID:
 		s->st.new_pid_events++;
-		lupe_procmgr__synchronize_process(s->pm, pid);
+		sync_pid(s, pid);
 		break;
 	default:
 		break;
@@ -597,7 +686,10 @@ int lupe_session__poll(struct lupe_session *s, int timeout_ms)
 		n = lupe_tracer__poll(s->tracer, timeout_ms, &h, s);
 	else if (timeout_ms > 0)
 		usleep((useconds_t)timeout_ms * 1000);
+	sync_execd(s);
 	resync_young(s);
+	if (s->unwinder)
+		lupe_stackdeltas__maintain(s->unwinder, start, MAINTAIN_INTERVAL_NS);
 	symbolize_pending(s, false);
 	/* Everything captured before the oldest sample of this batch (or before the drain
 	 * began, if it was empty) has been converted: processes that exited by then can go. */
@@ -624,6 +716,7 @@ int lupe_session__target_system(struct lupe_session *s)
 {
 	if (!s->tracer)
 		return -EOPNOTSUPP;
+	s->system_wide = true;
 	return targeted(s, lupe_tracer__target_all(s->tracer));
 }
 
@@ -632,8 +725,10 @@ int lupe_session__target_pids(struct lupe_session *s, const pid_t *pids, size_t 
 	size_t i;
 	int err = s->tracer ? lupe_tracer__target_pids(s->tracer, pids, n) : -EOPNOTSUPP;
 
+	if (!err)
+		s->system_wide = false;
 	for (i = 0; !err && i < n; i++)
-		lupe_procmgr__synchronize_process(s->pm, pids[i]);
+		sync_pid(s, pids[i]);
 	return s->tracer ? targeted(s, err) : err;
 }
 
@@ -653,6 +748,7 @@ int lupe_session__target_cgroup(struct lupe_session *s, const char *path)
 		pr_warn("cgroup '%s': not a cgroup v2 directory", path);
 		return -ENOTDIR;
 	}
+	s->system_wide = false;
 	return targeted(s, lupe_tracer__target_cgroup(s->tracer, st.st_ino));
 }
 
@@ -699,6 +795,7 @@ int lupe_session__start_command(struct lupe_session *s, char *const argv[])
 	go[0] = -1;
 	close(fail[1]);
 	fail[1] = -1;
+	s->system_wide = false;
 	err = targeted(s, lupe_tracer__follow_pid(s->tracer, pid));
 	if (err) {
 		kill(pid, SIGKILL);
@@ -795,6 +892,7 @@ void lupe_session__interval_reset(struct lupe_session *s)
 void lupe_session__stats(struct lupe_session *s, struct lupe_session_stats *out)
 {
 	struct lupe_tracer_stats ts = { 0 };
+	size_t i;
 
 	if (s->tracer)
 		lupe_tracer__stats(s->tracer, &ts);
@@ -809,6 +907,19 @@ void lupe_session__stats(struct lupe_session *s, struct lupe_session_stats *out)
 	s->st.user_trunc = ts.user_trunc;
 	s->st.events_lost = ts.events_lost;
 	s->st.ncpus = ts.ncpus;
+	s->st.unwind_samples = ts.unwind_samples;
+	s->st.unwind_frames = ts.unwind_frames;
+	s->st.unwind_cache_hits = ts.unwind_cache_hits;
+	s->st.fallback_frames = ts.fallback_frames;
+	s->st.no_table_frames = ts.no_table_frames;
+	s->st.unknown_pid_samples = ts.unknown_pid;
+	s->st.sync_requests = ts.sync_requests;
+	s->st.unwind_errors = 0;
+	for (i = 0; i < LUPE_UNWIND_NERR; i++) {
+		s->st.unwind_err[i] = ts.unwind_err[i];
+		s->st.unwind_errors += ts.unwind_err[i];
+	}
+	lupe_stackdeltas__stats(s->unwinder, &s->st.deltas);
 	lupe_procmgr__stats(s->pm, &s->st.pm);
 	*out = s->st;
 	out->bpf_bad_records += ts.bad_records;
@@ -830,7 +941,11 @@ struct lupe_session *lupe_session__new(const struct lupe_session_opts *opts)
 	 * every other process. */
 	LUPE_OPTS(lupe_tracer_opts, topts, .frequency = OPT(opts, frequency, 0), .start_paused = true,
 		  .no_kernel_stacks = OPT(opts, no_kernel, false),
-		  .ringbuf_bytes = OPT(opts, ringbuf_bytes, 0));
+		  .ringbuf_bytes = OPT(opts, ringbuf_bytes, 0),
+		  .unwind = !OPT(opts, no_unwind, false),
+		  .unwind_budget_bytes = OPT(opts, unwind_budget_bytes, 0));
+	struct lupe_stackdelta_provider *deltas = NULL;
+	struct lupe_ebpf_handler *ebpf;
 	struct lupe_session *s = calloc(1, sizeof(*s));
 	struct lupe_file_id kid;
 	int err = -ENOMEM;
@@ -846,26 +961,47 @@ struct lupe_session *lupe_session__new(const struct lupe_session_opts *opts)
 	s->gens = lupe_hashmap__new();
 	if (!s->syms || !s->trace_index || !s->strings || !s->gens || grow_slots(s))
 		goto err_out;
-	{
-		LUPE_OPTS(lupe_procmgr_opts, popts, .ebpf = lupe_ebpf_null_new(),
-			  .reporter = lupe_symcache__reporter(s->syms),
-			  .filter_error_frames = s->filter_errors);
-		s->pm = lupe_procmgr__new(&popts);
-	}
-	if (!s->pm)
-		goto err_out;
-	if (kernel_file_id(&kid) == 0) {
-		struct lupe_fileid_mapper *m = lupe_procmgr__file_id_mapper(s->pm);
-
-		s->kernel_host = lupe_file_id_host(kid);
-		m->ops->set(m, s->kernel_host, kid);
-	}
+	/* The tracer first: with native unwinding, the manager writes its maps. */
 	if (!OPT(opts, offline, false)) {
 		s->tracer = lupe_tracer__new(&topts);
 		if (!s->tracer) {
 			err = -errno;
 			goto err_out;
 		}
+	}
+	if (lupe_tracer__unwinding(s->tracer)) {
+		ebpf = lupe_tracer__ebpf_handler(s->tracer);
+		if (!ebpf) {
+			err = -errno;
+			goto err_out;
+		}
+		deltas = lupe_ehframe_provider_new();
+		if (!deltas) {
+			err = -errno;
+			ebpf->ops->free(ebpf);
+			goto err_out;
+		}
+	} else {
+		ebpf = lupe_ebpf_null_new();
+		if (!ebpf)
+			goto err_out;
+	}
+	{
+		/* The manager owns both from here, also if it fails. */
+		LUPE_OPTS(lupe_procmgr_opts, popts, .ebpf = ebpf, .deltas = deltas,
+			  .reporter = lupe_symcache__reporter(s->syms),
+			  .filter_error_frames = s->filter_errors);
+		s->pm = lupe_procmgr__new(&popts);
+	}
+	if (!s->pm)
+		goto err_out;
+	if (deltas)
+		s->unwinder = ebpf;
+	if (kernel_file_id(&kid) == 0) {
+		struct lupe_fileid_mapper *m = lupe_procmgr__file_id_mapper(s->pm);
+
+		s->kernel_host = lupe_file_id_host(kid);
+		m->ops->set(m, s->kernel_host, kid);
 	}
 	return s;
 err_out:
@@ -882,6 +1018,9 @@ void lupe_session__free(struct lupe_session *s)
 
 	if (!s)
 		return;
+	/* Sampling stops with the tracer: the manager's release of every process need not
+	 * write the unwinder's maps, which go with it. */
+	lupe_stackdeltas__detach(s->unwinder);
 	lupe_tracer__free(s->tracer);
 	if (s->child > 0 && !s->child_done) {
 		kill(s->child, SIGKILL);
@@ -902,6 +1041,7 @@ void lupe_session__free(struct lupe_session *s)
 	free(s->kpending);
 	free(s->young);
 	free(s->young_prev);
+	free(s->execd);
 	while (s->strings && lupe_hashmap__next(s->strings, &pos, &k, &v))
 		free(v);
 	lupe_hashmap__free(s->strings);

@@ -15,6 +15,7 @@
 
 #include "convert.h"
 #include "procmgr.h"
+#include "stackdeltas.h"
 
 enum lupe_target_kind {
 	LUPE_TARGET_KIND_SYSTEM = 0,  /* every process */
@@ -32,6 +33,10 @@ struct lupe_session_opts {
 	/* No BPF at all: samples come from lupe_session__ingest (replay, benchmarks, tests
 	 * without privileges). Targets, frequency and pause then return -EOPNOTSUPP. */
 	bool offline;
+	/* User stacks by frame pointers (bpf_get_stack) rather than the native unwinder
+	 * (stack deltas from .eh_frame, in BPF). */
+	bool no_unwind;
+	size_t unwind_budget_bytes;   /* BPF memory for delta tables; 0: 64 MiB */
 	size_t :0;
 };
 
@@ -133,6 +138,20 @@ struct lupe_session_stats {
 	uint64_t symbol_misses;   /* native frames left unsymbolized */
 	uint64_t symbolize_errors; /* traces left without frames: out of memory */
 	uint64_t exec_events, exit_events, new_pid_events;
+	/* Native unwinding (0 without it): from BPF ... */
+	uint64_t unwind_samples;    /* user stacks walked by the native unwinder */
+	uint64_t unwind_frames;     /* frames unwound with deltas */
+	uint64_t unwind_cache_hits; /* rule lookups BPF's per-CPU rule cache answered */
+	uint64_t fallback_frames;   /* frames by frame pointers: unknown pid, or no table */
+	uint64_t no_table_frames;   /* of those: the file had no table in BPF */
+	uint64_t unknown_pid_samples; /* samples of pids BPF did not know yet */
+	uint64_t unwind_errors;     /* walks ended by an error frame (sum of unwind_err) */
+	uint64_t unwind_err[LUPE_UNWIND_NERR]; /* by reason - LUPE_UNWIND_ERR_NO_MAPPING */
+	uint64_t sync_requests;     /* NEW_PID events BPF sent for an unknown pid */
+	/* ... and from user space. */
+	uint64_t exec_syncs;        /* new images synchronized after an EXEC event */
+	uint64_t exec_sync_ns;      /* time spent on those */
+	struct lupe_stackdeltas_stats deltas;
 	unsigned int ncpus;
 	struct lupe_procmgr_stats pm;
 };

@@ -3,6 +3,7 @@
 #include "log.h"
 #include "tracer.h"
 #include "sampler.skel.h"
+#include "stackdeltas.h"
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -24,6 +25,14 @@
 #define MAX_RINGBUF_BYTES ((size_t)1 << 30)
 #define DEFAULT_MAX_PIDS 8192
 #define DEFAULT_MAX_CGROUPS 256
+#define DEFAULT_UNWIND_BUDGET ((size_t)64 << 20)
+#define DEFAULT_UNWIND_PREFIXES 262144
+#define DEFAULT_UNWIND_FILES 16384
+/* Page entries allowed per budget byte: one per KiB (a 64 KiB page of code has ~1500
+ * deltas, 6 KiB of slots), so pages never take more than ~10% of the budget. */
+#define UNWIND_BYTES_PER_PAGE 1024
+#define MIN_UNWIND_PAGES 4096
+#define UNWIND_CHUNK_BYTES ((size_t)4 << LUPE_UNWIND_CHUNK_BITS)
 #define MIN_REPORTED_PIDS 16384
 #define MAX_MAP_ENTRIES ((size_t)1 << 24)
 #define BTF_PATH "/sys/kernel/btf/vmlinux"
@@ -51,6 +60,8 @@ struct lupe_tracer {
 	__u32 event_type;
 	__u64 event_config;
 	size_t max_pids, max_cgroups;
+	bool unwind, handler_made;
+	size_t unwind_budget, unwind_pages, unwind_chunks;
 	/* Set only during lupe_tracer__poll. */
 	const struct lupe_tracer_handlers *h;
 	void *hctx;
@@ -320,6 +331,46 @@ static void set_rodata(struct lupe_tracer *t, const struct lupe_tracer_opts *opt
 	}
 	ro->samples_wake_bytes = rb_bytes / 2;
 	ro->events_wake_bytes = ev_bytes / 2;
+	ro->unwind_enabled = t->unwind;
+	ro->unwind_max_frames = OPT(opts, unwind_max_frames) ?: LUPE_MAX_FRAMES;
+}
+
+/* The unwinder's maps: sized for use, or to one entry each when unwinding is off. */
+static int size_unwind_maps(struct lupe_tracer *t, const struct lupe_tracer_opts *opts)
+{
+	struct sampler_bpf *sk = t->skel;
+	size_t prefixes = OPT(opts, unwind_max_prefixes) ?: DEFAULT_UNWIND_PREFIXES;
+	size_t files = OPT(opts, unwind_max_files) ?: DEFAULT_UNWIND_FILES;
+	size_t pids = t->max_pids, rules = LUPE_UNWIND_MAX_RULES;
+	int err;
+
+	t->unwind_budget = OPT(opts, unwind_budget_bytes) ?: DEFAULT_UNWIND_BUDGET;
+	t->unwind_pages = t->unwind_budget / UNWIND_BYTES_PER_PAGE;
+	if (t->unwind_pages < MIN_UNWIND_PAGES)
+		t->unwind_pages = MIN_UNWIND_PAGES;
+	t->unwind_chunks = t->unwind_budget / UNWIND_CHUNK_BYTES;
+	if (t->unwind && !t->unwind_chunks) {
+		pr_warn("unwinding budget %zu bytes: at least %zu (one chunk of delta slots)",
+			t->unwind_budget, UNWIND_CHUNK_BYTES);
+		return -EINVAL;
+	}
+	if (!t->unwind)
+		prefixes = files = pids = rules = t->unwind_pages = t->unwind_chunks = 1;
+	if (prefixes > MAX_MAP_ENTRIES || files > MAX_MAP_ENTRIES ||
+	    t->unwind_pages > MAX_MAP_ENTRIES || OPT(opts, unwind_max_frames) > LUPE_MAX_FRAMES) {
+		pr_warn("unwind_max_prefixes %zu / unwind_max_files %zu / budget %zu / max frames "
+			"%u: out of range", prefixes, files, t->unwind_budget,
+			OPT(opts, unwind_max_frames));
+		return -EINVAL;
+	}
+	if ((err = bpf_map__set_max_entries(sk->maps.unwind_pids, pids)) ||
+	    (err = bpf_map__set_max_entries(sk->maps.unwind_mappings, prefixes)) ||
+	    (err = bpf_map__set_max_entries(sk->maps.unwind_files, files)) ||
+	    (err = bpf_map__set_max_entries(sk->maps.unwind_pages, t->unwind_pages)) ||
+	    (err = bpf_map__set_max_entries(sk->maps.unwind_rules, rules)) ||
+	    (err = bpf_map__set_max_entries(sk->maps.unwind_tables, t->unwind_chunks)))
+		pr_warn("failed to size the unwinding maps: %s", lupe_errstr(err));
+	return err;
 }
 
 struct lupe_tracer *lupe_tracer__new(const struct lupe_tracer_opts *opts)
@@ -385,7 +436,11 @@ struct lupe_tracer *lupe_tracer__new(const struct lupe_tracer_opts *opts)
 		pr_warn("failed to open the sampler BPF object: %s", lupe_errstr(err));
 		goto err_out;
 	}
+	t->unwind = OPT(opts, unwind);
 	set_rodata(t, opts, rb_bytes, ev_bytes);
+	err = size_unwind_maps(t, opts);
+	if (err)
+		goto err_out;
 	reported = t->max_pids > MIN_REPORTED_PIDS ? t->max_pids : MIN_REPORTED_PIDS;
 	if ((err = bpf_map__set_max_entries(t->skel->maps.samples, rb_bytes)) ||
 	    (err = bpf_map__set_max_entries(t->skel->maps.events, ev_bytes)) ||
@@ -770,6 +825,15 @@ int lupe_tracer__stats(struct lupe_tracer *t, struct lupe_tracer_stats *st)
 	st->events_lost = sum.events_lost;
 	st->events_ratelimited = sum.events_ratelimited;
 	st->follow_full = sum.follow_full;
+	st->unwind_samples = sum.unwind_samples;
+	st->unwind_frames = sum.unwind_frames;
+	st->fallback_frames = sum.fallback_frames;
+	st->unknown_pid = sum.unknown_pid;
+	st->no_table_frames = sum.no_table_frames;
+	st->unwind_stops = sum.unwind_stops;
+	st->sync_requests = sum.sync_requests;
+	st->unwind_cache_hits = sum.unwind_cache_hits;
+	memcpy(st->unwind_err, sum.unwind_err, sizeof(st->unwind_err));
 	st->samples_read = t->samples_read;
 	st->events_read = t->events_read;
 	st->bad_records = t->bad_records;
@@ -879,4 +943,45 @@ int lupe_tracer__pause(struct lupe_tracer *t)
 int lupe_tracer__resume(struct lupe_tracer *t)
 {
 	return ioctl_all(t, PERF_EVENT_IOC_ENABLE, "enable");
+}
+
+bool lupe_tracer__unwinding(const struct lupe_tracer *t)
+{
+	return t && t->unwind;
+}
+
+struct lupe_ebpf_handler *lupe_tracer__ebpf_handler(struct lupe_tracer *t)
+{
+	struct lupe_unwind_map_fds fds;
+	struct lupe_unwind_backend *be;
+	struct lupe_ebpf_handler *h;
+
+	if (!t || !t->unwind) {
+		errno = EINVAL;
+		return NULL;
+	}
+	/* The handler owns the slot chunks: two would fill the same outer slots. */
+	if (t->handler_made) {
+		errno = EBUSY;
+		return NULL;
+	}
+	fds = (struct lupe_unwind_map_fds){
+		.pids = bpf_map__fd(t->skel->maps.unwind_pids),
+		.mappings = bpf_map__fd(t->skel->maps.unwind_mappings),
+		.files = bpf_map__fd(t->skel->maps.unwind_files),
+		.pages = bpf_map__fd(t->skel->maps.unwind_pages),
+		.rules = bpf_map__fd(t->skel->maps.unwind_rules),
+		.tables = bpf_map__fd(t->skel->maps.unwind_tables),
+	};
+	be = lupe_unwind_backend_bpf_new(&fds);
+	if (!be)
+		return NULL;
+	{
+		LUPE_OPTS(lupe_stackdeltas_opts, o, .budget_bytes = t->unwind_budget,
+			  .max_pages = t->unwind_pages, .max_chunks = t->unwind_chunks);
+		h = lupe_stackdeltas_new(be, &o);
+	}
+	if (h)
+		t->handler_made = true;
+	return h;
 }

@@ -1,6 +1,7 @@
 /* The tracer: loads bpf/sampler.bpf.c, attaches one perf event per online CPU and the
  * process lifecycle tracepoints, and drains the two ring buffers (samples, process events)
- * into caller-supplied handlers. It does not interpret samples (no symbols, no maps).
+ * into caller-supplied handlers. It does not interpret samples (no symbols, no maps); with
+ * native unwinding it hands out the eBPF handler that fills the unwinder's maps.
  * Needs root, or CAP_BPF + CAP_PERFMON. Not thread-safe: one thread drives a tracer. */
 #ifndef LUPE_TRACER_H
 #define LUPE_TRACER_H
@@ -44,6 +45,15 @@ struct lupe_tracer_opts {
 	/* Attach with the perf events disabled: nothing is sampled until lupe_tracer__resume,
 	 * so targets can be set first. (Process events flow from the start.) */
 	bool start_paused;
+	/* Native unwinding: user stacks are walked in BPF with stack deltas (bpf/unwind.bpf.h)
+	 * that the handler of lupe_tracer__ebpf_handler writes, instead of frame pointers
+	 * (bpf_get_stack). A pid the handler has not committed, or a file without a table,
+	 * is walked by frame pointers, and the pid is reported (LUPE_EV_NEW_PID). */
+	bool unwind;
+	size_t unwind_budget_bytes;     /* delta tables' BPF memory; 0: 64 MiB */
+	unsigned int unwind_max_frames; /* user frames per sample, <= LUPE_MAX_FRAMES; 0: all */
+	size_t unwind_max_prefixes;     /* LPM entries for mappings, all pids; 0: 262144 */
+	size_t unwind_max_files;        /* files with a table (resident or not); 0: 16384 */
 	size_t :0;
 };
 
@@ -66,6 +76,10 @@ struct lupe_tracer_stats {
 	__u64 events_emitted, events_lost, events_ratelimited, follow_full;
 	/* User space: records read, and records dropped as malformed. */
 	__u64 samples_read, events_read, bad_records;
+	/* Native unwinding (see struct lupe_sampler_counters). */
+	__u64 unwind_samples, unwind_frames, fallback_frames, unknown_pid, no_table_frames;
+	__u64 unwind_stops, sync_requests, unwind_cache_hits;
+	__u64 unwind_err[LUPE_UNWIND_NERR];    /* by reason - LUPE_UNWIND_ERR_NO_MAPPING */
 	/* With opts.prog_stats: the perf_event program's total run time and run count since
 	 * load (run_ns / run_cnt is the mean cost of one sample); else 0. */
 	__u64 prog_run_ns, prog_run_cnt;
@@ -118,6 +132,15 @@ unsigned int lupe_tracer__frequency(const struct lupe_tracer *t);
 /* Stops / restarts the perf events; tracepoints (process events) keep running. */
 int lupe_tracer__pause(struct lupe_tracer *t);
 int lupe_tracer__resume(struct lupe_tracer *t);
+
+/* With opts.unwind: the process manager's eBPF handler over this tracer's unwinding maps
+ * (runtime/stackdeltas.h), owned by the caller (give it to lupe_procmgr_opts.ebpf). One per
+ * tracer. It keeps its own references to the maps, so it may outlive the tracer (its
+ * writes then reach no program). NULL + errno: EINVAL (no unwinding), EBUSY (made already),
+ * ENOMEM, or the error creating the first slot array. */
+struct lupe_ebpf_handler;
+struct lupe_ebpf_handler *lupe_tracer__ebpf_handler(struct lupe_tracer *t);
+bool lupe_tracer__unwinding(const struct lupe_tracer *t);
 
 /* Parses a kernel CPU list ("0-3,5,7-8\n", as in /sys/devices/system/cpu/online) into
  * online[0..n): online[i] is set for each listed CPU below n. Returns the number of CPUs

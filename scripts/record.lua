@@ -15,11 +15,13 @@ options:
   -d, --duration SECS    stop after SECS seconds
   -p, --pid PID[,PID...] profile these processes
   -G, --cgroup DIR       profile a cgroup v2 directory and everything below it
-  -f, --format FORMAT    folded (collapsed stacks) or top (a summary); default: top on
-                         stdout, folded with -o
+  -f, --format FORMAT    folded (collapsed stacks), top (a summary), pprof, speedscope,
+                         svg (interactive flame graph) or json; default: top on stdout,
+                         folded with -o
   -o, --output FILE      write the profile to FILE instead of stdout
   -n, --top N            lines in the top summary (default 25)
       --no-kernel        user stacks only
+      --fp               user stacks by frame pointers, not the native unwinder
   -h, --help             this text
 
 Ctrl-C stops sampling and still writes the profile. A summary of what was sampled,
@@ -32,7 +34,7 @@ local function die(msg)
 end
 
 local function parse(argv)
-  local o = { frequency = 99, kernel = true, top = 25 }
+  local o = { frequency = 99, kernel = true, top = 25, unwind = true }
   local i = 1
   local function value(name)
     i = i + 1
@@ -75,6 +77,8 @@ local function parse(argv)
       o.top = math.floor(number(a, value(a), 1))
     elseif a == "--no-kernel" then
       o.kernel = false
+    elseif a == "--fp" then
+      o.unwind = false
     elseif a:sub(1, 1) == "-" then
       die("unknown option '" .. a .. "' (see lupe record --help)")
     else
@@ -106,7 +110,8 @@ if opts.command then target = { command = opts.command }
 elseif opts.pids then target = { pids = opts.pids }
 elseif opts.cgroup then target = { cgroup = opts.cgroup } end
 
-local s, msg = lupe.session{ frequency = opts.frequency, kernel = opts.kernel, target = target }
+local s, msg = lupe.session{ frequency = opts.frequency, kernel = opts.kernel, target = target,
+                            unwind = opts.unwind }
 if not s then
   io.stderr:write("lupe record: ", msg, "\n")
   return opts.command and 127 or 1
@@ -130,11 +135,19 @@ fmt_mod.write(profile, fh, { top = opts.top })
 if fh ~= io.stdout then fh:close() end
 
 local st = profile.stats
+local reasons = {}
+for name, n in pairs(st.unwind_err or {}) do
+  if n > 0 then reasons[#reasons + 1] = ("%s %d"):format(name:gsub("_", " "), n) end
+end
+table.sort(reasons)
 io.stderr:write(("lupe record: %d samples (%d lost, %d filtered out, %d idle), " ..
-  "%d truncated stacks (%d kernel, %d user), unwinding errors: %d user stack, %d kernel stack, " ..
-  "%d unknown frames; %d processes tracked, %d unique stacks%s\n"):format(
+  "%d truncated stacks (%d kernel, %d user), %d user stacks unwound natively, %d frames " ..
+  "by frame pointers, unwinding errors: %s; %d user / %d kernel stack errors, %d unknown " ..
+  "frames; %d processes tracked, %d unique stacks%s\n"):format(
   st.samples, st.lost, st.filtered, st.idle, st.kernel_trunc + st.user_trunc, st.kernel_trunc,
-  st.user_trunc, st.user_stack_err, st.kernel_stack_err, st.unknown_frames,
+  st.user_trunc, st.unwind_samples or 0, st.fallback_frames or 0,
+  #reasons > 0 and table.concat(reasons, ", ") or "none",
+  st.user_stack_err, st.kernel_stack_err, st.unknown_frames,
   st.procmgr.processes + st.procmgr.exited_pending, st.traces,
   opts.output and (", written to " .. opts.output) or ""))
 s:close()

@@ -1,9 +1,15 @@
 /* The tracer against the real kernel: the sampler's records are checked against what the
  * test knows independently (the pids it started, /proc/PID/maps of the sampled process,
  * nm's symbol table of the workload, /proc/kallsyms, waitpid's status). Needs root and
- * BPF; those tests SKIP without. The workload tests/fixtures/src/busy.c is compiled here. */
+ * BPF; those tests SKIP without. The workload tests/fixtures/src/busy.c is compiled here,
+ * with frame pointers (busy) and without (busy_nofp, for the native unwinder). */
+#include "ehframe.h"
+#include "fileid.h"
 #include "log.h"
+#include "procmgr.h"
+#include "stackdeltas.h"
 #include "tracer.h"
+#include "unwind.h"
 #include "../c/lupe_test.h"
 
 #include <bpf/libbpf.h>
@@ -25,6 +31,7 @@
 
 static char busy_dir[64];
 static char busy_path[128];
+static char nofp_path[128];
 
 static void remove_busy(void)
 {
@@ -54,8 +61,10 @@ static int build_busy(void)
 	}
 	atexit(remove_busy);
 	snprintf(busy_path, sizeof(busy_path), "%s/busy", busy_dir);
-	snprintf(cmd, sizeof(cmd), "cc -O2 -g -fno-omit-frame-pointer -pthread '%s/src/busy.c' -o '%s'",
-		 fixtures, busy_path);
+	snprintf(nofp_path, sizeof(nofp_path), "%s/busy_nofp", busy_dir);
+	snprintf(cmd, sizeof(cmd), "cc -O2 -g -fno-omit-frame-pointer -pthread '%s/src/busy.c' -o '%s'"
+		 " && cc -O2 -g -fomit-frame-pointer -pthread '%s/src/busy.c' -o '%s'",
+		 fixtures, busy_path, fixtures, nofp_path);
 	if (system(cmd)) {
 		busy_path[0] = '\0';
 		return -1;
@@ -262,15 +271,15 @@ struct sym {
 	uint64_t start, size;
 };
 
-/* Function symbols of the busy binary, from nm. */
-static int nm_syms(struct sym *syms, int max)
+/* Function symbols of a binary, from nm. */
+static int nm_syms_of(const char *path, struct sym *syms, int max)
 {
 	char cmd[256], line[256], type;
 	unsigned long long start, size;
 	FILE *f;
 	int n = 0;
 
-	snprintf(cmd, sizeof(cmd), "nm -S --defined-only '%s'", busy_path);
+	snprintf(cmd, sizeof(cmd), "nm -S --defined-only '%s'", path);
 	f = popen(cmd, "r");
 	if (!f)
 		return -1;
@@ -284,6 +293,11 @@ static int nm_syms(struct sym *syms, int max)
 	}
 	pclose(f);
 	return n;
+}
+
+static int nm_syms(struct sym *syms, int max)
+{
+	return nm_syms_of(busy_path, syms, max);
 }
 
 static const struct sym *sym_find(const struct sym *syms, int n, const char *name)
@@ -330,14 +344,14 @@ struct exec_load {
 	uint64_t offset, vaddr, filesz;
 };
 
-static int read_exec_load(struct exec_load *l)
+static int read_exec_load_of(const char *path, struct exec_load *l)
 {
 	char cmd[256], line[256], flags[8];
 	unsigned long long o, v, p, fsz, msz;
 	FILE *f;
 	int found = -1;
 
-	snprintf(cmd, sizeof(cmd), "readelf -lW '%s'", busy_path);
+	snprintf(cmd, sizeof(cmd), "readelf -lW '%s'", path);
 	f = popen(cmd, "r");
 	if (!f)
 		return -1;
@@ -352,6 +366,11 @@ static int read_exec_load(struct exec_load *l)
 	}
 	pclose(f);
 	return found;
+}
+
+static int read_exec_load(struct exec_load *l)
+{
+	return read_exec_load_of(busy_path, l);
 }
 
 static int file_off_to_vaddr(const struct exec_load *l, uint64_t off, uint64_t *vaddr)
@@ -1325,4 +1344,417 @@ TEST(tracer_prog_run_time)
 	printf("    lupe_sample: %llu runs, %.0f ns per run (%llu emitted)\n",
 	       (unsigned long long)st.prog_run_cnt,
 	       (double)st.prog_run_ns / (double)st.prog_run_cnt, (unsigned long long)st.emitted);
+}
+
+/* ---- native unwinding ---------------------------------------------------------------- */
+
+/* A tracer with native unwinding and the process manager that fills its maps, with the
+ * real CFI parser: what a session wires up. */
+struct unwinder {
+	struct lupe_tracer *t;
+	struct lupe_procmgr *pm;
+	struct lupe_ebpf_handler *h;   /* owned by pm */
+};
+
+static void unwinder_free(struct unwinder *u)
+{
+	lupe_procmgr__free(u->pm);
+	lupe_tracer__free(u->t);
+	memset(u, 0, sizeof(*u));
+}
+
+/* Returns 0, or -1 after SKIP/FAIL has been recorded (the caller returns). */
+static int unwinder_new(struct unwinder *u, const struct lupe_tracer_opts *o)
+{
+	struct lupe_stackdelta_provider *deltas;
+
+	memset(u, 0, sizeof(*u));
+	u->t = new_tracer(o);
+	if (!u->t)
+		return -1;
+	u->h = lupe_tracer__ebpf_handler(u->t);
+	deltas = lupe_ehframe_provider_new();
+	if (!u->h || !deltas) {
+		lupe_test_state = LUPE_TEST_FAIL;
+		printf("    handler %p, provider %p: %s\n", (void *)u->h, (void *)deltas,
+		       lupe_errstr(errno));
+		if (u->h)
+			u->h->ops->free(u->h);
+		if (deltas)
+			deltas->ops->free(deltas);
+		unwinder_free(u);
+		return -1;
+	}
+	{
+		LUPE_OPTS(lupe_procmgr_opts, po, .ebpf = u->h, .deltas = deltas);
+
+		u->pm = lupe_procmgr__new(&po);
+	}
+	if (!u->pm) {
+		lupe_test_state = LUPE_TEST_FAIL;
+		printf("    lupe_procmgr__new: %s\n", lupe_errstr(errno));
+		lupe_tracer__free(u->t);
+		return -1;
+	}
+	return 0;
+}
+
+/* What the session does: read the maps, then let BPF unwind the pid. */
+static int unwinder_sync(struct unwinder *u, pid_t pid)
+{
+	uint64_t t0 = lupe_ktime_now();
+	int err = lupe_procmgr__synchronize_process(u->pm, pid);
+
+	return err ? err : lupe_stackdeltas__commit(u->h, pid, t0);
+}
+
+static pid_t spawn_nofp(const char *ms)
+{
+	char *argv[] = { nofp_path, (char *)ms, NULL };
+
+	return spawn(argv, NULL);
+}
+
+/* busy_nofp's functions and where its text is mapped, to turn sampled addresses into
+ * ELF addresses independently of lupe. */
+struct layout {
+	struct sym syms[64];
+	int nsyms;
+	struct exec_load load;
+	uint64_t start, end, off;
+};
+
+static int read_layout(pid_t pid, struct layout *l)
+{
+	if (exec_mapping(pid, nofp_path, &l->start, &l->end, &l->off) ||
+	    read_exec_load_of(nofp_path, &l->load))
+		return -1;
+	l->nsyms = nm_syms_of(nofp_path, l->syms, 64);
+	return l->nsyms > 0 ? 0 : -1;
+}
+
+/* Whether the user frame j of s is in function name of busy_nofp (a return address: the
+ * call is the byte before it; a leaf or post-signal frame: exact). */
+static bool frame_in(const struct layout *l, const struct lupe_sample *s, size_t j, const char *name)
+{
+	const struct sym *f = sym_find(l->syms, l->nsyms, name);
+	uint64_t a = s->frames[s->kernel_len + j] - (j > 0), v;
+
+	if (!f || a < l->start || a >= l->end || file_off_to_vaddr(&l->load, a - l->start + l->off, &v))
+		return false;
+	return v >= f->start && v < f->start + f->size;
+}
+
+TEST(tracer_unwind_handler_and_opts)
+{
+	LUPE_OPTS(lupe_tracer_opts, o, .frequency = 99, .start_paused = true);
+	struct lupe_ebpf_handler *h;
+	struct lupe_mapping m = { .vaddr = 0x400000, .length = 0x1000 };
+	struct lupe_tracer *t;
+
+	t = new_tracer(&o);
+	if (!t)
+		return;
+	/* Frame pointers only: nothing to hand out. */
+	ASSERT(!lupe_tracer__ebpf_handler(t));
+	ASSERT_EQ(errno, EINVAL);
+	ASSERT(!lupe_tracer__unwinding(t));
+	lupe_tracer__free(t);
+
+	o.unwind = true;
+	t = lupe_tracer__new(&o);
+	ASSERT(t);
+	ASSERT(lupe_tracer__unwinding(t));
+	h = lupe_tracer__ebpf_handler(t);
+	ASSERT(h && lupe_stackdeltas_is(h));
+	ASSERT(!lupe_tracer__ebpf_handler(t));
+	ASSERT_EQ(errno, EBUSY);
+	/* The handler keeps the maps: it outlives the tracer. */
+	lupe_tracer__free(t);
+	ASSERT_OK(h->ops->new_pid(h, 12345));
+	ASSERT_OK(h->ops->add_mapping(h, 12345, &m));
+	ASSERT_OK(lupe_stackdeltas__commit(h, 12345, 1));
+	ASSERT_OK(h->ops->delete_mapping(h, 12345, &m));
+	h->ops->free(h);
+
+	/* Less than one chunk of budget, or more frames than a record holds. */
+	o.unwind_budget_bytes = 4096;
+	ASSERT(!lupe_tracer__new(&o));
+	ASSERT_EQ(errno, EINVAL);
+	o.unwind_budget_bytes = 0;
+	o.unwind_max_frames = LUPE_MAX_FRAMES + 1;
+	ASSERT(!lupe_tracer__new(&o));
+	ASSERT_EQ(errno, EINVAL);
+}
+
+TEST(tracer_unwinds_without_frame_pointers)
+{
+	LUPE_OPTS(lupe_tracer_opts, o, .frequency = 999, .start_paused = true, .unwind = true);
+	struct collected c = { 0 };
+	struct lupe_tracer_stats st;
+	struct layout l;
+	struct unwinder u;
+	pid_t known, unknown, both[2];
+	size_t i, mine = 0, inner = 0, chain = 0, complete = 0, errors = 0;
+	size_t other = 0, other_fp = 0, other_unwound = 0;
+	int err, lerr;
+
+	if (unwinder_new(&u, &o))
+		return;
+	known = spawn_nofp("20000");
+	unknown = spawn_nofp("20000");
+	usleep(100 * 1000); /* past exec */
+	both[0] = known;
+	both[1] = unknown;
+	err = lupe_tracer__target_pids(u.t, both, 2);
+	/* Only one is synchronized: the other keeps the frame-pointer walk. */
+	if (!err)
+		err = unwinder_sync(&u, known);
+	if (!err)
+		err = lupe_tracer__resume(u.t);
+	if (!err)
+		err = run_for(u.t, 1000, &c);
+	if (err >= 0)
+		err = lupe_tracer__pause(u.t);
+	if (!err)
+		err = run_for(u.t, 50, &c);
+	lerr = read_layout(known, &l);
+	reap(known);
+	reap(unknown);
+	if (err >= 0)
+		err = lupe_tracer__stats(u.t, &st);
+	unwinder_free(&u);
+	if (err < 0)
+		FAIL("tracer: %s", lupe_errstr(err));
+	ASSERT_OK(lerr);
+	for (i = 0; i < c.n; i++) {
+		const struct lupe_sample *s = &c.samples[i];
+		size_t last = s->user_len ? s->user_len - 1u : 0;
+
+		if (s->pid == (__u32)unknown) {
+			other++;
+			other_fp += !!(s->flags & LUPE_SAMPLE_FP_FALLBACK);
+			other_unwound += !!(s->flags & LUPE_SAMPLE_UNWOUND);
+			continue;
+		}
+		if (s->pid != (__u32)known || !s->user_len)
+			continue;
+		mine++;
+		errors += !!(s->flags & LUPE_SAMPLE_UNWIND_ERR);
+		/* The walk reached _start, where the CFI says it ends. */
+		complete += frame_in(&l, s, last, "_start") && !(s->flags & LUPE_SAMPLE_UNWIND_ERR);
+		if (!frame_in(&l, s, 0, "hot_inner"))
+			continue;
+		inner++;
+		/* hot_inner has no frame: only the deltas find hot_middle, then main. */
+		chain += s->user_len >= 3 && frame_in(&l, s, 1, "hot_middle") &&
+			 frame_in(&l, s, 2, "main");
+	}
+	printf("    known pid: %zu samples, %zu in hot_inner, %zu of those with hot_middle and main, "
+	       "%zu complete to _start, %zu errors; unknown pid: %zu samples, %zu by frame "
+	       "pointers; %llu frames unwound (%llu from the rule cache), %llu by frame pointers, "
+	       "%llu sync requests\n", mine, inner, chain, complete, errors, other, other_fp,
+	       (unsigned long long)st.unwind_frames, (unsigned long long)st.unwind_cache_hits,
+	       (unsigned long long)st.fallback_frames, (unsigned long long)st.sync_requests);
+	ASSERT(mine >= 100);
+	ASSERT(inner >= mine * 8 / 10);
+	ASSERT(chain >= inner * 99 / 100);
+	ASSERT(complete >= mine * 99 / 100);
+	ASSERT(errors <= mine / 100);
+	ASSERT(other >= 100);
+	ASSERT_EQ(other_unwound, 0);
+	ASSERT(other_fp >= other * 99 / 100);
+	ASSERT(st.unknown_pid >= other);
+	ASSERT(st.unwind_frames >= chain * 3);
+	/* BPF asked for the unknown pid, once per unwind_report_ns at most (0.25 s). */
+	ASSERT(st.sync_requests >= 1 && st.sync_requests <= 8);
+	ASSERT(find_event(&c, LUPE_EV_NEW_PID, unknown));
+	collected_free(&c);
+}
+
+/* For a sample taken in the kernel, the walk starts from the task's saved user registers. */
+TEST(tracer_unwinds_kernel_mode_samples)
+{
+	LUPE_OPTS(lupe_tracer_opts, o, .frequency = 999, .start_paused = true, .unwind = true);
+	char *argv[] = { "/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=1", NULL };
+	uint64_t start = 0, end = 0, off;
+	struct collected c = { 0 };
+	struct unwinder u;
+	size_t i, kmode = 0, whole = 0;
+	int err, merr;
+	pid_t dd;
+
+	if (unwinder_new(&u, &o))
+		return;
+	dd = spawn(argv, NULL);
+	usleep(100 * 1000);
+	err = lupe_tracer__target_add_pid(u.t, dd);
+	if (!err)
+		err = unwinder_sync(&u, dd);
+	if (!err)
+		err = lupe_tracer__resume(u.t);
+	if (!err)
+		err = run_for(u.t, 600, &c);
+	merr = exec_mapping(dd, "/usr/bin/dd", &start, &end, &off);
+	if (merr)
+		merr = exec_mapping(dd, "/bin/dd", &start, &end, &off);
+	reap(dd);
+	unwinder_free(&u);
+	if (err < 0)
+		FAIL("tracer: %s", lupe_errstr(err));
+	ASSERT_OK(merr);
+	for (i = 0; i < c.n; i++) {
+		const struct lupe_sample *s = &c.samples[i];
+		uint64_t outer;
+
+		if (s->pid != (__u32)dd || !(s->flags & LUPE_SAMPLE_KERNEL_MODE))
+			continue;
+		kmode++;
+		if (!s->user_len || (s->flags & LUPE_SAMPLE_UNWIND_ERR))
+			continue;
+		/* From the syscall wrapper in libc out to dd's own _start. */
+		outer = s->frames[s->kernel_len + s->user_len - 1] - 1;
+		whole += s->user_len >= 3 && outer >= start && outer < end;
+	}
+	printf("    dd: %zu kernel-mode samples, %zu with a user stack unwound to dd's text\n",
+	       kmode, whole);
+	ASSERT(kmode >= 50);
+	ASSERT(whole >= kmode * 9 / 10);
+	collected_free(&c);
+}
+
+/* Synthetic deltas for busy_nofp: STOP everywhere ends every walk at the leaf; deltas far
+ * from its code leave it without a page (NO_DELTA, an error the sample carries). */
+TEST(tracer_unwind_stops_and_errors)
+{
+	LUPE_OPTS(lupe_tracer_opts, o, .frequency = 999, .start_paused = true, .unwind = true);
+	struct lupe_stack_delta stop[] = { { .address = 0, .cfa_opcode = LUPE_CFA_CMD,
+					     .cfa_param = LUPE_CMD_STOP } };
+	struct lupe_stack_delta far[] = {
+		{ .address = 0x10000000, .cfa_opcode = LUPE_CFA_SP, .cfa_param = 8 },
+		{ .address = 0x10000010, .cfa_opcode = LUPE_CFA_CMD, .cfa_param = LUPE_CMD_INVALID },
+	};
+	struct lupe_interval_data d_stop = { stop, 1 }, d_far = { far, 2 };
+	struct collected c1 = { 0 }, c2 = { 0 }, c3 = { 0 };
+	struct lupe_tracer_stats st1, st2;
+	struct lupe_file_id id;
+	struct layout l;
+	struct unwinder u;
+	size_t i, n1 = 0, stopped = 0, n2 = 0, nodelta = 0;
+	int err, fd, lerr;
+	pid_t busy;
+
+	if (unwinder_new(&u, &o))
+		return;
+	fd = open(nofp_path, O_RDONLY | O_CLOEXEC);
+	err = fd < 0 ? -errno : lupe_file_id_from_fd(fd, &id);
+	if (fd >= 0)
+		close(fd);
+	if (!err)
+		err = lupe_procmgr__add_synth_interval_data(u.pm, lupe_file_id_host(id), &d_stop);
+	busy = spawn_nofp("20000");
+	usleep(100 * 1000);
+	if (!err)
+		err = lupe_tracer__target_add_pid(u.t, busy);
+	if (!err)
+		err = unwinder_sync(&u, busy);
+	if (!err)
+		err = lupe_tracer__resume(u.t);
+	if (!err)
+		err = run_for(u.t, 400, &c1);
+	if (err >= 0)
+		err = lupe_tracer__stats(u.t, &st1);
+	/* Replacing a loaded table reloads it; a new commit retires cached rules. */
+	if (!err)
+		err = lupe_procmgr__add_synth_interval_data(u.pm, lupe_file_id_host(id), &d_far);
+	if (!err)
+		err = unwinder_sync(&u, busy);
+	if (!err)
+		err = lupe_tracer__pause(u.t);
+	if (!err)
+		err = run_for(u.t, 50, &c3); /* drop what straddled the change */
+	if (err >= 0)
+		err = lupe_tracer__resume(u.t);
+	if (!err)
+		err = run_for(u.t, 400, &c2);
+	if (err >= 0)
+		err = lupe_tracer__stats(u.t, &st2);
+	lerr = read_layout(busy, &l);
+	reap(busy);
+	unwinder_free(&u);
+	if (err < 0)
+		FAIL("tracer: %s", lupe_errstr(err));
+	ASSERT_OK(lerr);
+	for (i = 0; i < c1.n; i++) {
+		const struct lupe_sample *s = &c1.samples[i];
+
+		if (s->pid != (__u32)busy || !frame_in(&l, s, 0, "hot_inner"))
+			continue;
+		n1++;
+		stopped += s->user_len == 1 && !(s->flags & LUPE_SAMPLE_UNWIND_ERR);
+	}
+	for (i = 0; i < c2.n; i++) {
+		const struct lupe_sample *s = &c2.samples[i];
+
+		if (s->pid != (__u32)busy || !frame_in(&l, s, 0, "hot_inner"))
+			continue;
+		n2++;
+		nodelta += s->user_len == 1 && (s->flags & LUPE_SAMPLE_UNWIND_ERR) &&
+			   s->user_err == LUPE_UNWIND_ERR_NO_DELTA;
+	}
+	printf("    STOP: %zu of %zu walks end at the leaf; far deltas: %zu of %zu end with "
+	       "NO_DELTA (%llu counted)\n", stopped, n1, nodelta, n2,
+	       (unsigned long long)(st2.unwind_err[LUPE_UNWIND_ERR_NO_DELTA - LUPE_UNWIND_ERR_NO_MAPPING]));
+	ASSERT(n1 >= 100 && n2 >= 100);
+	ASSERT(stopped >= n1 * 99 / 100);
+	ASSERT(st1.unwind_stops >= stopped);
+	ASSERT(nodelta >= n2 * 99 / 100);
+	ASSERT(st2.unwind_err[LUPE_UNWIND_ERR_NO_DELTA - LUPE_UNWIND_ERR_NO_MAPPING] >= nodelta);
+	collected_free(&c1);
+	collected_free(&c2);
+	collected_free(&c3);
+}
+
+TEST(tracer_unwind_frame_limit)
+{
+	LUPE_OPTS(lupe_tracer_opts, o, .frequency = 999, .start_paused = true, .unwind = true,
+		  .unwind_max_frames = 2);
+	struct collected c = { 0 };
+	struct layout l;
+	struct unwinder u;
+	size_t i, n = 0, cut = 0;
+	int err, lerr;
+	pid_t busy;
+
+	if (unwinder_new(&u, &o))
+		return;
+	busy = spawn_nofp("20000");
+	usleep(100 * 1000);
+	err = lupe_tracer__target_add_pid(u.t, busy);
+	if (!err)
+		err = unwinder_sync(&u, busy);
+	if (!err)
+		err = lupe_tracer__resume(u.t);
+	if (!err)
+		err = run_for(u.t, 400, &c);
+	lerr = read_layout(busy, &l);
+	reap(busy);
+	unwinder_free(&u);
+	if (err < 0)
+		FAIL("tracer: %s", lupe_errstr(err));
+	ASSERT_OK(lerr);
+	for (i = 0; i < c.n; i++) {
+		const struct lupe_sample *s = &c.samples[i];
+
+		if (s->pid != (__u32)busy || !frame_in(&l, s, 0, "hot_inner"))
+			continue;
+		n++;
+		/* hot_inner, hot_middle, then the limit: main and below are cut. */
+		cut += s->user_len == 2 && (s->flags & LUPE_SAMPLE_USER_TRUNC) &&
+		       frame_in(&l, s, 1, "hot_middle");
+	}
+	printf("    %zu of %zu samples cut after two frames\n", cut, n);
+	ASSERT(n >= 100);
+	ASSERT(cut >= n * 99 / 100);
+	collected_free(&c);
 }

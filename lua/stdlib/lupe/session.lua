@@ -217,13 +217,15 @@ function Session:close()
 end
 
 -- opts: frequency (Hz per CPU, default 99), kernel (default true), target,
+-- unwind (default true: native unwinding from .eh_frame; false: frame pointers),
 -- filter_error_frames, on_hook_error ("continue", the default, or "stop").
 -- Returns a session, or nil, message, errno.
 function M.session(opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("session: expected an options table", 2) end
   local s, msg, errno = native.new{ frequency = opts.frequency, kernel = opts.kernel ~= false,
-                                    filter_error_frames = opts.filter_error_frames }
+                                    filter_error_frames = opts.filter_error_frames,
+                                    unwind = opts.unwind }
   if not s then return nil, msg, errno end
   local self = setmetatable({ _s = s, _traces = {}, _started = now(), _hook_errors = {},
                               _trace_verdicts = {}, _judged = 0,
