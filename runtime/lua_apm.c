@@ -6,7 +6,7 @@
  * 64-bit values (8-byte strings or exact numbers), as lupe.procmgr gives it. */
 #include "apm.h"
 #include "log.h"
-#include "lua_u64.h"
+#include "lua_util.h"
 
 #include <errno.h>
 #include <lauxlib.h>
@@ -26,14 +26,6 @@ static struct lupe_apm *check_apm(lua_State *L, int idx)
 	if (!u->apm)
 		luaL_argerror(L, idx, "APM registry is closed");
 	return u->apm;
-}
-
-static int push_errno(lua_State *L, int err, const char *what)
-{
-	lua_pushnil(L);
-	lua_pushfstring(L, "%s: %s", what, lupe_errstr(err));
-	lua_pushinteger(L, err < 0 ? -err : err);
-	return 3;
 }
 
 static void check_bytes(lua_State *L, int idx, uint8_t *out, size_t n, const char *what)
@@ -99,7 +91,7 @@ static int l_detect(lua_State *L)
 	int err = lupe_apm_detect(-1, path, &lib);
 
 	if (err)
-		return push_errno(L, err, lua_pushfstring(L, "detect '%s'", path));
+		return lupe_push_errno(L, err, lua_pushfstring(L, "detect '%s'", path));
 	push_lib(L, &lib);
 	return 1;
 }
@@ -126,7 +118,7 @@ static int l_parse_storage(lua_State *L)
 	int err = lupe_apm_parse_storage(buf, len, &s);
 
 	if (err)
-		return push_errno(L, err, "parse_storage");
+		return lupe_push_errno(L, err, "parse_storage");
 	push_storage(L, &s);
 	return 1;
 }
@@ -158,7 +150,7 @@ static int l_new(lua_State *L)
 	lua_setmetatable(L, -2);
 	u->apm = lupe_apm__new(&opts);
 	if (!u->apm)
-		return push_errno(L, errno, "apm.new");
+		return lupe_push_errno(L, errno, "apm.new");
 	return 1;
 }
 
@@ -188,7 +180,7 @@ static int l_tostring(lua_State *L)
 static int push_result(lua_State *L, int err, const char *what, int pid)
 {
 	if (err)
-		return push_errno(L, err, lua_pushfstring(L, "%s pid %d", what, pid));
+		return lupe_push_errno(L, err, lua_pushfstring(L, "%s pid %d", what, pid));
 	lua_pushboolean(L, 1);
 	return 1;
 }
@@ -213,7 +205,7 @@ static int l_attach(lua_State *L)
 	int err = lupe_apm_detect(-1, path, &lib);
 
 	if (err)
-		return push_errno(L, err, lua_pushfstring(L, "detect '%s'", path));
+		return lupe_push_errno(L, err, lua_pushfstring(L, "detect '%s'", path));
 	return push_result(L, lupe_apm__attach(apm, pid, &lib, bias), "attach", pid);
 }
 

@@ -7,7 +7,7 @@
  * A format calls these once per sample or per unique frame, never per byte. */
 #include "codec.h"
 #include "log.h"
-#include "lua_u64.h"
+#include "lua_util.h"
 
 #include <errno.h>
 #include <lauxlib.h>

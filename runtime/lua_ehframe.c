@@ -2,7 +2,7 @@
  * and tests. Not for the sampling path: one table per delta. */
 #include "ehframe.h"
 #include "log.h"
-#include "lua_u64.h"
+#include "lua_util.h"
 
 #include <errno.h>
 #include <fcntl.h>

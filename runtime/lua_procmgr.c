@@ -1,6 +1,6 @@
 /* lupe.native.procmgr: the process manager as a typed userdata. lupe/procmgr.lua wraps it
  * into the Lua-facing object (exact 64-bit values, file ID objects). */
-#include "lua_u64.h"
+#include "lua_util.h"
 #include "log.h"
 #include "procmgr.h"
 
@@ -25,14 +25,6 @@ static struct lupe_procmgr *check_procmgr(lua_State *L, int idx)
 	return u->pm;
 }
 
-/* Expected runtime failures: nil, message, errno (STYLE: errors split). */
-static int push_errno(lua_State *L, int err, const char *what)
-{
-	lua_pushnil(L);
-	lua_pushfstring(L, "%s: %s", what, lupe_errstr(err));
-	lua_pushinteger(L, err < 0 ? -err : err);
-	return 3;
-}
 
 static void opt_field_bool(lua_State *L, int t, const char *k, bool *out)
 {
@@ -70,7 +62,7 @@ static int l_new(lua_State *L)
 		return luaL_error(L, "procmgr.new: file_ids must be \"lru\" or \"map\", not \"%s\"",
 				  mapper);
 	if (!opts.file_ids)
-		return push_errno(L, errno, "procmgr.new");
+		return lupe_push_errno(L, errno, "procmgr.new");
 
 	u = lua_newuserdata(L, sizeof(*u));
 	u->pm = NULL;
@@ -78,7 +70,7 @@ static int l_new(lua_State *L)
 	lua_setmetatable(L, -2);
 	u->pm = lupe_procmgr__new(&opts);
 	if (!u->pm)
-		return push_errno(L, errno, "procmgr.new");
+		return lupe_push_errno(L, errno, "procmgr.new");
 	return 1;
 }
 
@@ -113,7 +105,7 @@ static int l_synchronize(lua_State *L)
 	int err = lupe_procmgr__synchronize_process(pm, pid);
 
 	if (err)
-		return push_errno(L, err, lua_pushfstring(L, "synchronize pid %d", pid));
+		return lupe_push_errno(L, err, lua_pushfstring(L, "synchronize pid %d", pid));
 	lua_pushboolean(L, 1);
 	return 1;
 }
@@ -195,7 +187,7 @@ static int l_mappings(lua_State *L)
 
 	n = lupe_procmgr__mappings(pm, pid, &v);
 	if (n < 0)
-		return push_errno(L, (int)n, lua_pushfstring(L, "mappings of pid %d", pid));
+		return lupe_push_errno(L, (int)n, lua_pushfstring(L, "mappings of pid %d", pid));
 	lua_createtable(L, (int)n, 0);
 	for (i = 0; i < n; i++) {
 		push_mapping(L, &v[i].m, v[i].path, v[i].deleted);
@@ -229,7 +221,7 @@ static int l_processes(lua_State *L)
 
 	n = lupe_procmgr__processes(pm, &pids, &exited);
 	if (n < 0)
-		return push_errno(L, (int)n, "processes");
+		return lupe_push_errno(L, (int)n, "processes");
 	lua_createtable(L, (int)n, 0);
 	for (i = 0; i < n; i++) {
 		lua_createtable(L, 0, 2);
@@ -268,7 +260,7 @@ static int l_add_synth(lua_State *L)
 	d.count = lua_objlen(L, 3);
 	d.deltas = calloc(d.count ? d.count : 1, sizeof(*d.deltas));
 	if (!d.deltas)
-		return push_errno(L, -ENOMEM, "add_synth_interval_data");
+		return lupe_push_errno(L, -ENOMEM, "add_synth_interval_data");
 	for (i = 0; i < d.count; i++) {
 		struct lupe_stack_delta *sd = &d.deltas[i];
 		int t;
@@ -296,7 +288,7 @@ static int l_add_synth(lua_State *L)
 	err = lupe_procmgr__add_synth_interval_data(pm, host, &d);
 	free(d.deltas);
 	if (err)
-		return push_errno(L, err, "add_synth_interval_data");
+		return lupe_push_errno(L, err, "add_synth_interval_data");
 	lua_pushboolean(L, 1);
 	return 1;
 }
@@ -323,7 +315,7 @@ static int l_file_id_set(lua_State *L)
 	check_file_id(L, 3, &id);
 	err = m->ops->set(m, host, id);
 	if (err)
-		return push_errno(L, err, "file_ids:set");
+		return lupe_push_errno(L, err, "file_ids:set");
 	lua_pushboolean(L, 1);
 	return 1;
 }
@@ -336,11 +328,11 @@ static int l_file_id_of_file(lua_State *L)
 	int err;
 
 	if (!f)
-		return push_errno(L, errno, lua_pushfstring(L, "file id of '%s'", path));
+		return lupe_push_errno(L, errno, lua_pushfstring(L, "file id of '%s'", path));
 	err = lupe_file_id_from_fd(fileno(f), &id);
 	fclose(f);
 	if (err)
-		return push_errno(L, err, lua_pushfstring(L, "file id of '%s'", path));
+		return lupe_push_errno(L, err, lua_pushfstring(L, "file id of '%s'", path));
 	push_file_id(L, id);
 	return 1;
 }

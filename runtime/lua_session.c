@@ -1,7 +1,7 @@
 /* lupe.native.session: a profiling session as a typed userdata. lupe/session.lua builds
  * the scripting surface (targets, hooks, run loop) on top of it. */
 #include "log.h"
-#include "lua_u64.h"
+#include "lua_util.h"
 #include "session.h"
 
 #include <linux/types.h>
@@ -29,18 +29,10 @@ static struct lupe_session *check_session(lua_State *L, int idx)
 	return u->s;
 }
 
-static int push_errno(lua_State *L, int err, const char *what)
-{
-	lua_pushnil(L);
-	lua_pushfstring(L, "%s: %s", what, lupe_errstr(err));
-	lua_pushinteger(L, err < 0 ? -err : err);
-	return 3;
-}
-
 static int ok_or_errno(lua_State *L, int err, const char *what)
 {
 	if (err < 0)
-		return push_errno(L, err, what);
+		return lupe_push_errno(L, err, what);
 	lua_pushboolean(L, 1);
 	return 1;
 }
@@ -69,7 +61,7 @@ static int l_new(lua_State *L)
 	lua_setmetatable(L, -2);
 	u->s = lupe_session__new(&opts);
 	if (!u->s)
-		return push_errno(L, errno, "cannot start sampling");
+		return lupe_push_errno(L, errno, "cannot start sampling");
 	return 1;
 }
 
@@ -98,7 +90,7 @@ static int l_target_pids(lua_State *L)
 	n = lua_objlen(L, 2);
 	pids = calloc(n ? n : 1, sizeof(*pids));
 	if (!pids)
-		return push_errno(L, -ENOMEM, "target pids");
+		return lupe_push_errno(L, -ENOMEM, "target pids");
 	for (i = 0; i < n; i++) {
 		lua_rawgeti(L, 2, (int)i + 1);
 		if (!lua_isnumber(L, -1) || lua_tointeger(L, -1) <= 0) {
@@ -135,7 +127,7 @@ static int l_start_command(lua_State *L)
 		return luaL_argerror(L, 2, "empty command");
 	argv = calloc(n + 1, sizeof(*argv));
 	if (!argv)
-		return push_errno(L, -ENOMEM, "start command");
+		return lupe_push_errno(L, -ENOMEM, "start command");
 	for (i = 0; i < n; i++) {
 		lua_rawgeti(L, 2, (int)i + 1);
 		if (!lua_isstring(L, -1)) {
@@ -149,7 +141,7 @@ static int l_start_command(lua_State *L)
 	if (pid < 0) {
 		lua_pushfstring(L, "cannot run '%s'", argv[0]);
 		free(argv);
-		return push_errno(L, pid, lua_tostring(L, -1));
+		return lupe_push_errno(L, pid, lua_tostring(L, -1));
 	}
 	free(argv);
 	lua_pushinteger(L, pid);
@@ -180,7 +172,7 @@ static int l_poll(lua_State *L)
 		return 1;
 	}
 	if (n < 0)
-		return push_errno(L, n, "poll");
+		return lupe_push_errno(L, n, "poll");
 	lua_pushinteger(L, n);
 	return 1;
 }

@@ -1,13 +1,25 @@
-/* 64-bit values cross the C/Lua boundary as 8-byte strings in host order: exact (a double
+/* Helpers shared by the bindings (only lua_*.c include this).
+ * 64-bit values cross the C/Lua boundary as 8-byte strings in host order: exact (a double
  * loses kernel addresses), and lupe/u64.lua turns them into uint64_t cdata with one cast.
- * Numbers are accepted on input where they are exact. Only lua_*.c include this. */
-#ifndef LUPE_LUA_U64_H
-#define LUPE_LUA_U64_H
+ * Numbers are accepted on input where they are exact. */
+#ifndef LUPE_LUA_UTIL_H
+#define LUPE_LUA_UTIL_H
 
 #include <lauxlib.h>
 #include <lua.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "log.h"
+
+/* An expected runtime failure, the Lua way: nil, "what: strerror", errno. */
+static inline int lupe_push_errno(lua_State *L, int err, const char *what)
+{
+	lua_pushnil(L);
+	lua_pushfstring(L, "%s: %s", what, lupe_errstr(err));
+	lua_pushinteger(L, err < 0 ? -err : err);
+	return 3;
+}
 
 static inline void lupe_push_u64(lua_State *L, uint64_t v)
 {
