@@ -49,10 +49,7 @@
 /* u16 minor + three u32-length-prefixed strings at their limits. */
 #define LUPE_APM_STORAGE_MAX (2 + 3 * 4 + LUPE_APM_SERVICE_MAX + LUPE_APM_ENV_MAX + LUPE_APM_SOCKET_MAX)
 
-#ifndef LUPE_OPTS
-#define LUPE_OPTS(type, name, ...) \
-	struct type name = { .sz = sizeof(struct type), __VA_ARGS__ }
-#endif
+#include "opts.h"
 
 /* ---- pure helpers ------------------------------------------------------------------- */
 

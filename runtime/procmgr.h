@@ -122,10 +122,7 @@ struct lupe_procmgr_opts {
 	unsigned int monitor_interval_ms;
 	size_t :0;
 };
-#ifndef LUPE_OPTS
-#define LUPE_OPTS(type, name, ...) \
-	struct type name = { .sz = sizeof(struct type), __VA_ARGS__ }
-#endif
+#include "opts.h"
 
 struct lupe_procmgr_stats {
 	uint64_t sync_attempts;

@@ -10,10 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#ifndef LUPE_OPTS
-#define LUPE_OPTS(type, name, ...) \
-	struct type name = { .sz = sizeof(struct type), __VA_ARGS__ }
-#endif
+#include "opts.h"
 
 /* ---- one ELF file ---------------------------------------------------------------- */
 

@@ -14,15 +14,7 @@
 
 #include "sampler.h"
 
-/* Declares and zero-fills an opts struct (padding included, so later fields read as 0),
- * sets its size, then the given fields: LUPE_OPTS(lupe_tracer_opts, o, .frequency = 99). */
-#ifndef LUPE_OPTS
-#define LUPE_OPTS(TYPE, NAME, ...)                                          \
-	struct TYPE NAME = ({                                               \
-		memset(&NAME, 0, sizeof(struct TYPE));                      \
-		(struct TYPE){ .sz = sizeof(struct TYPE), __VA_ARGS__ };    \
-	})
-#endif
+#include "opts.h"
 
 struct lupe_tracer_opts {
 	size_t sz;                      /* sizeof(struct lupe_tracer_opts) */
