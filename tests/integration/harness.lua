@@ -53,6 +53,24 @@ function M.tmpdir()
   return (d:gsub("%s+$", ""))
 end
 
+-- Runs each shell command (fixture builds); raises with the command's output on failure.
+function M.build(cmds)
+  for _, c in ipairs(cmds) do
+    local rc, out = M.sh(c)
+    if rc ~= 0 then error("fixture build failed: " .. c .. "\n" .. out) end
+  end
+end
+
+-- `lupe record ARGS` writing folded stacks to path; returns parsed rows, status, stderr.
+function M.record(path, args)
+  os.remove(path)
+  local status, _, err = M.run(("%s record -o %s %s"):format(M.bin, path, args))
+  local f = io.open(path)
+  local text = f and f:read("*a") or ""
+  if f then f:close() end
+  return M.parse_folded(text), status, err
+end
+
 -- Parses folded output into { {stack = {"comm", root, ..., leaf}, count = n}, ... }.
 function M.parse_folded(text)
   local rows = {}

@@ -16,10 +16,7 @@ local function build()
     ("clang++ -O2 -g -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer -o %s/hotpp %s/hot.cpp")
       :format(tmp, src),
   }
-  for _, c in ipairs(cmds) do
-    local rc, out = t.sh(c)
-    if rc ~= 0 then error("fixture build failed: " .. c .. "\n" .. out) end
-  end
+  t.build(cmds)
   built = true
   return built
 end
@@ -31,13 +28,7 @@ end
 
 -- lupe record ARGS into a folded file; returns rows, status, stderr.
 local function record(args)
-  local out = tmp .. "/out.folded"
-  os.remove(out)
-  local status, _, err = t.run(("%s record -o %s %s"):format(t.bin, out, args))
-  local f = io.open(out)
-  local text = f and f:read("*a") or ""
-  if f then f:close() end
-  return t.parse_folded(text), status, err
+  return t.record(tmp .. "/out.folded", args)
 end
 
 local function total(rows, pred)

@@ -20,10 +20,7 @@ local function build()
     ("g++ -O2 -g -fomit-frame-pointer -o %s/unwind_exc %s/unwind_exc.cpp"):format(tmp, src),
     ("cp %s/unwind_work %s/unwind_strip && strip %s/unwind_strip"):format(tmp, tmp, tmp),
   }
-  for _, c in ipairs(cmds) do
-    local rc, out = t.sh(c)
-    if rc ~= 0 then error("fixture build failed: " .. c .. "\n" .. out) end
-  end
+  t.build(cmds)
   built = true
   return built
 end
@@ -35,13 +32,7 @@ end
 
 -- lupe record ARGS into a folded file; returns rows, status, stderr.
 local function record(args)
-  local out = tmp .. "/out.folded"
-  os.remove(out)
-  local status, _, err = t.run(("%s record -F 999 -o %s %s"):format(t.bin, out, args))
-  local f = io.open(out)
-  local text = f and f:read("*a") or ""
-  if f then f:close() end
-  return t.parse_folded(text), status, err
+  return t.record(tmp .. "/out.folded", "-F 999 " .. args)
 end
 
 -- "level3(unsigned long) [clone .cold]" -> "level3": C++ names compare by their base.
