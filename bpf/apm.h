@@ -39,6 +39,14 @@ struct lupe_apm_corr_buf {
 	__u8 tx_id[LUPE_APM_TX_ID_LEN];
 } __attribute__((packed));
 
+/* Per-CPU counters of the sampler's reads of correlation buffers (its apm_counters map,
+ * one slot; user space sums them). Only samples of processes in apm_procs count. */
+struct lupe_apm_counters {
+	__u64 read;       /* IDs copied into the sample (LUPE_SAMPLE_APM) */
+	__u64 no_tx;      /* the thread was not in a transaction (no buffer, not valid) */
+	__u64 faults;     /* the pointer or the buffer could not be read (paged out) */
+};
+
 /* The per-process map the sampler defines (pid -> TLS offset), filled by the runtime:
  *
  *	struct {

@@ -101,6 +101,53 @@ struct {
 
 #include "unwind.bpf.h"
 
+/* ---- APM correlation (bpf/apm.h): tgid -> where the agent's per-thread correlation
+ * pointer lies; user space writes an entry when it finds an agent in the process. */
+#include "apm.bpf.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LUPE_APM_MAX_PROCS);
+	__type(key, __u32);
+	__type(value, struct lupe_apm_proc);
+} apm_procs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lupe_apm_counters);
+} apm_counters SEC(".maps");
+
+/* Copies the current thread's trace and transaction IDs into s when its process has an
+ * agent and the thread is in a transaction; zeroes them otherwise. One hash lookup for
+ * processes without an agent. */
+static __always_inline void apm_fill(struct lupe_sample *s, __u32 tgid)
+{
+	struct lupe_apm_proc *p;
+	struct lupe_apm_counters *c;
+	__u32 zero = 0;
+	int err;
+
+	__builtin_memset(&s->apm, 0, sizeof(s->apm));
+	p = bpf_map_lookup_elem(&apm_procs, &tgid);
+	if (!p)
+		return;
+	err = lupe_apm_read(bpf_get_current_task_btf(), p->tls_offset, &s->apm);
+	c = bpf_map_lookup_elem(&apm_counters, &zero);
+	if (!err) {
+		s->flags |= LUPE_SAMPLE_APM;
+		if (c)
+			__sync_fetch_and_add(&c->read, 1);
+		return;
+	}
+	__builtin_memset(&s->apm, 0, sizeof(s->apm));
+	if (c && err == -LUPE_APM_EFAULT)
+		__sync_fetch_and_add(&c->faults, 1);
+	else if (c)
+		__sync_fetch_and_add(&c->no_tx, 1);
+}
+
 static __always_inline struct lupe_sampler_counters *get_counters(void)
 {
 	__u32 zero = 0;
@@ -341,6 +388,7 @@ int lupe_sample(struct bpf_perf_event_data *ctx)
 	}
 	s->kernel_len = klen;
 	s->user_len = ulen;
+	apm_fill(s, tgid);
 
 	size = LUPE_SAMPLE_HDR_SIZE + (__u64)(klen + ulen) * 8;
 	if (size > sizeof(struct lupe_sample))
@@ -414,6 +462,8 @@ int BPF_PROG(lupe_exec, struct task_struct *p, pid_t old_pid, struct linux_binpr
 	__u32 tgid = p->tgid;
 	__u64 now;
 
+	/* The agent's TLS offset belonged to the old image. */
+	bpf_map_delete_elem(&apm_procs, &tgid);
 	if (!is_target(tgid))
 		return 0;
 	c = get_counters();
@@ -451,6 +501,7 @@ int BPF_PROG(lupe_exit, struct task_struct *p)
 	/* The pid may be reused by an unrelated process: forget it. */
 	bpf_map_delete_elem(&targets, &tgid);
 	bpf_map_delete_elem(&reported, &tgid);
+	bpf_map_delete_elem(&apm_procs, &tgid);
 	if (unwind_enabled)
 		bpf_map_delete_elem(&unwind_pids, &tgid);
 	return 0;

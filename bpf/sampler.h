@@ -4,6 +4,8 @@
 #ifndef LUPE_BPF_SAMPLER_H
 #define LUPE_BPF_SAMPLER_H
 
+#include "apm.h"
+
 #ifndef LUPE_MAX_FRAMES
 #define LUPE_MAX_FRAMES 128
 #endif
@@ -24,6 +26,8 @@
 #define LUPE_SAMPLE_UNWOUND      0x20 /* stack deltas unwound at least one user frame */
 #define LUPE_SAMPLE_FP_FALLBACK  0x40 /* the frame-pointer walk took over for at least one
 				       * frame: unknown pid, or a file without delta table */
+#define LUPE_SAMPLE_APM          0x80 /* apm holds the IDs of the APM transaction the thread
+				       * was in (its process runs an agent: bpf/apm.h) */
 
 /* One sample. frames[] holds kernel_len kernel frames, then user_len user frames, each a
  * raw instruction address as bpf_get_stack returns it: the first of each part is the
@@ -44,6 +48,7 @@ struct lupe_sample {
 	__u16 user_len;
 	__u32 user_err;         /* positive errno when LUPE_SAMPLE_USER_ERR; the
 				 * LUPE_UNWIND_ERR_* reason when LUPE_SAMPLE_UNWIND_ERR */
+	struct lupe_apm_ids apm; /* with LUPE_SAMPLE_APM; zero otherwise */
 	__u64 frames[LUPE_MAX_FRAMES];
 };
 

@@ -985,3 +985,61 @@ struct lupe_ebpf_handler *lupe_tracer__ebpf_handler(struct lupe_tracer *t)
 		t->handler_made = true;
 	return h;
 }
+
+/* ---- APM correlation ------------------------------------------------------------------- */
+
+int lupe_tracer__apm_map_fd(struct lupe_tracer *t)
+{
+	int fd;
+
+	if (!t)
+		return -EINVAL;
+	fd = fcntl(bpf_map__fd(t->skel->maps.apm_procs), F_DUPFD_CLOEXEC, 0);
+	return fd < 0 ? -errno : fd;
+}
+
+int lupe_tracer_apm_set(int map_fd, pid_t pid, __s64 tls_offset)
+{
+	struct lupe_apm_proc v = { .tls_offset = tls_offset };
+	__u32 key = (__u32)pid;
+
+	if (map_fd < 0 || pid <= 0)
+		return -EINVAL;
+	return bpf_map_update_elem(map_fd, &key, &v, BPF_ANY) ? -errno : 0;
+}
+
+int lupe_tracer_apm_delete(int map_fd, pid_t pid)
+{
+	__u32 key = (__u32)pid;
+
+	if (map_fd < 0 || pid <= 0)
+		return -EINVAL;
+	return bpf_map_delete_elem(map_fd, &key) ? -errno : 0;
+}
+
+int lupe_tracer__apm_counters(struct lupe_tracer *t, struct lupe_apm_counters *out)
+{
+	struct lupe_apm_counters *percpu;
+	__u32 zero = 0;
+	int cpu, err = 0;
+
+	if (!t || !out)
+		return -EINVAL;
+	percpu = calloc(t->nr_possible, sizeof(*percpu));
+	if (!percpu)
+		return -ENOMEM;
+	memset(out, 0, sizeof(*out));
+	if (bpf_map_lookup_elem(bpf_map__fd(t->skel->maps.apm_counters), &zero, percpu)) {
+		err = -errno;
+		pr_warn("map 'apm_counters': failed to read: %s", lupe_errstr(err));
+		goto out;
+	}
+	for (cpu = 0; cpu < t->nr_possible; cpu++) {
+		out->read += percpu[cpu].read;
+		out->no_tx += percpu[cpu].no_tx;
+		out->faults += percpu[cpu].faults;
+	}
+out:
+	free(percpu);
+	return err;
+}

@@ -134,6 +134,21 @@ struct lupe_ebpf_handler;
 struct lupe_ebpf_handler *lupe_tracer__ebpf_handler(struct lupe_tracer *t);
 bool lupe_tracer__unwinding(const struct lupe_tracer *t);
 
+/* APM correlation: the sampler's apm_procs map (tgid -> the TLS offset of an APM agent's
+ * per-thread correlation pointer, bpf/apm.h), which makes BPF copy the thread's trace and
+ * transaction IDs into each sample of that process (LUPE_SAMPLE_APM). BPF deletes a pid's
+ * entry when it execs or exits.
+ * apm_map_fd returns a new descriptor of the map, owned by the caller (close it), so its
+ * writers may outlive the tracer; or a negative errno. */
+int lupe_tracer__apm_map_fd(struct lupe_tracer *t);
+/* Write / delete apm_procs[pid] through such a descriptor. Return 0 or a negative errno
+ * (-E2BIG: LUPE_APM_MAX_PROCS processes have agents; delete: -ENOENT when absent). */
+int lupe_tracer_apm_set(int map_fd, pid_t pid, __s64 tls_offset);
+int lupe_tracer_apm_delete(int map_fd, pid_t pid);
+/* The sampler's reads of correlation buffers, summed over CPUs. Returns 0 or a negative
+ * errno. */
+int lupe_tracer__apm_counters(struct lupe_tracer *t, struct lupe_apm_counters *out);
+
 /* Parses a kernel CPU list ("0-3,5,7-8\n", as in /sys/devices/system/cpu/online) into
  * online[0..n): online[i] is set for each listed CPU below n. Returns the number of CPUs
  * listed (those >= n included), or -EINVAL on malformed text. */
