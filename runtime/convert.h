@@ -51,6 +51,9 @@ struct lupe_raw_trace {
 	uint64_t ktime;
 	uint32_t nframes;
 	const struct lupe_raw_frame *frames; /* leaf first */
+	/* The APM trace and transaction the thread was in (bpf/apm.h), or NULL; borrowed.
+	 * Only lupe_procmgr__notify_apm reads it. */
+	const struct lupe_apm_ids *apm;
 };
 
 struct lupe_frame {

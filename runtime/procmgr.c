@@ -4,6 +4,8 @@
 #include "hashmap.h"
 #include "log.h"
 #include "procmaps.h"
+#include "apm.h"
+#include "convert.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -87,6 +89,7 @@ struct lupe_procmgr {
 	struct lupe_hashmap *elf_cache; /* {dev, ino} -> elf_entry */
 	struct lupe_hashmap *synth;     /* {host, 0} -> synth */
 	struct lupe_procmgr_stats st;
+	struct lupe_apm *apm;           /* APM agents (lupe_procmgr__set_apm), borrowed */
 };
 
 uint64_t lupe_ktime_now(void)
@@ -1252,4 +1255,26 @@ struct lupe_ebpf_handler *lupe_ebpf_null_new(void)
 	if (h)
 		h->ops = &null_ops;
 	return h;
+}
+
+/* ---- APM correlation ------------------------------------------------------------------- */
+
+void lupe_procmgr__set_apm(struct lupe_procmgr *pm, struct lupe_apm *apm)
+{
+	pm->apm = apm;
+}
+
+struct lupe_apm *lupe_procmgr__apm(struct lupe_procmgr *pm)
+{
+	return pm->apm;
+}
+
+/* The registry has its own lock: the manager's is not taken, so a notification never
+ * waits for a synchronization reading a new file. */
+const char *lupe_procmgr__notify_apm(struct lupe_procmgr *pm, const struct lupe_raw_trace *raw,
+				     struct lupe_file_id trace_hash, uint32_t count)
+{
+	if (!pm || !pm->apm || !raw)
+		return NULL;
+	return lupe_apm__notify(pm->apm, raw->pid, raw->apm, trace_hash, count);
 }

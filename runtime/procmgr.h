@@ -219,6 +219,22 @@ int lupe_procmgr__exe_refcount(struct lupe_procmgr *pm, uint64_t host_file_id);
 
 void lupe_procmgr__stats(struct lupe_procmgr *pm, struct lupe_procmgr_stats *out);
 
+/* APM correlation (apm.h). set_apm gives the manager a registry of agents (borrowed: it
+ * must outlive the manager; NULL: none). The registry learns about agent libraries and
+ * processes through the decorators lupe_apm_reporter_new / lupe_apm_ebpf_new, which the
+ * manager's opts must carry for it to find anything. */
+struct lupe_apm;
+struct lupe_raw_trace;
+void lupe_procmgr__set_apm(struct lupe_procmgr *pm, struct lupe_apm *apm);
+struct lupe_apm *lupe_procmgr__apm(struct lupe_procmgr *pm);
+/* The reference's MaybeNotifyAPMAgent: tells raw->pid's agent that trace_hash was sampled
+ * count times during the transaction in raw->apm (one datagram, never blocking; nothing is
+ * sent without a registry, an agent, a socket or a non-zero transaction ID, counted in the
+ * registry's stats). Returns the agent's service name (owned by the registry, valid while
+ * it lives), or NULL when the process has no agent. */
+const char *lupe_procmgr__notify_apm(struct lupe_procmgr *pm, const struct lupe_raw_trace *raw,
+				     struct lupe_file_id trace_hash, uint32_t count);
+
 /* The recording fake handler: keeps every call in order. */
 enum lupe_ebpf_call {
 	LUPE_EBPF_NEW_PID = 1,
