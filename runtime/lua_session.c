@@ -238,6 +238,10 @@ static int l_entries(lua_State *L)
 		lua_setfield(L, -2, "count");
 		lua_pushnumber(L, (lua_Number)e[i].interval);
 		lua_setfield(L, -2, "interval");
+		if (e[i].service) {
+			lua_pushstring(L, e[i].service);
+			lua_setfield(L, -2, "service");
+		}
 		lua_rawseti(L, -2, ++k);
 	}
 	return 1;
@@ -299,6 +303,42 @@ static int l_interval_reset(lua_State *L)
 
 #define SET(field) (lua_pushnumber(L, (lua_Number)st.field), lua_setfield(L, -2, #field))
 #define SET_PM(field) (lua_pushnumber(L, (lua_Number)st.pm.field), lua_setfield(L, -2, #field))
+static void set_num(lua_State *L, const char *k, uint64_t v)
+{
+	lua_pushnumber(L, (lua_Number)v);
+	lua_setfield(L, -2, k);
+}
+
+/* stats.apm: APM correlation (see struct lupe_session_stats and lupe_apm_stats). */
+static void push_apm_stats(lua_State *L, const struct lupe_session_stats *st)
+{
+	const struct lupe_apm_stats *a = &st->apm;
+
+	lua_createtable(L, 0, 24);
+	set_num(L, "samples", st->apm_samples);
+	set_num(L, "notified", st->apm_notified);
+	set_num(L, "tally_errors", st->apm_tally_errors);
+	set_num(L, "bpf_read", st->apm_bpf.read);
+	set_num(L, "bpf_no_tx", st->apm_bpf.no_tx);
+	set_num(L, "bpf_faults", st->apm_bpf.faults);
+	set_num(L, "libs_detected", a->libs_detected);
+	set_num(L, "libs_rejected", a->libs_rejected);
+	set_num(L, "agents_found", a->agents_found);
+	set_num(L, "agents", a->agents);
+	set_num(L, "pending", a->pending);
+	set_num(L, "attach_errors", a->attach_errors);
+	set_num(L, "storage_errors", a->storage_errors);
+	set_num(L, "bpf_errors", a->bpf_errors);
+	set_num(L, "rejected_paths", a->rejected_paths);
+	set_num(L, "socket_errors", a->socket_errors);
+	set_num(L, "sent", a->sent);
+	set_num(L, "dropped", a->dropped);
+	set_num(L, "errors", a->errors);
+	set_num(L, "no_transaction", a->no_transaction);
+	set_num(L, "no_socket", a->no_socket);
+	set_num(L, "services", a->services);
+	lua_setfield(L, -2, "apm");
+}
 
 static int l_stats(lua_State *L)
 {
@@ -382,6 +422,7 @@ static int l_stats(lua_State *L)
 	SET_PM(executables_loaded_total);
 	SET_PM(memory_bytes);
 	lua_setfield(L, -2, "procmgr");
+	push_apm_stats(L, &st);
 	return 1;
 }
 

@@ -81,6 +81,17 @@ struct lupe_session {
 
 	uint64_t batch_min_ktime;
 	struct lupe_session_stats st;
+
+	/* APM correlation: the registry the manager's decorators feed; this session's own
+	 * descriptor of BPF's apm_procs map (-1: offline); the samples of this drain taken in
+	 * transactions, per (entry, IDs), notified at its end; pids whose agent was attached
+	 * since the last drain, whose older entries get the service name then. */
+	struct lupe_apm *apm;
+	int apm_fd;
+	struct apm_tally *tally;
+	size_t ntally, cap_tally;
+	pid_t *relabel;
+	size_t nrelabel, cap_relabel;
 };
 
 static volatile sig_atomic_t interrupted;
@@ -543,13 +554,219 @@ static int new_entry(struct lupe_session *s, const struct lupe_sample *smp, uint
 	return 0;
 }
 
+/* ---- APM correlation ---------------------------------------------------------------------
+ * Samples in transactions are aggregated into the same entries as the others (the
+ * per-sample key stays the raw stack), and also tallied per (entry, trace ID, transaction
+ * ID) for the current drain: a small open-addressing table, emptied when the drain's
+ * notifications are sent. Samples without LUPE_SAMPLE_APM cost one flag test. */
+
+struct apm_tally {
+	uint32_t entry;               /* entry index + 1; 0: empty slot */
+	uint32_t count;
+	struct lupe_apm_ids ids;
+};
+
+static uint64_t tally_hash(uint32_t entry, const struct lupe_apm_ids *ids)
+{
+	uint64_t w[3];
+
+	memcpy(w, ids, sizeof(w));
+	return hash_words(entry, w, 3);
+}
+
+static int tally_grow(struct lupe_session *s)
+{
+	size_t cap = s->cap_tally ? s->cap_tally * 2 : 256, i, j;
+	struct apm_tally *t = calloc(cap, sizeof(*t));
+
+	if (!t)
+		return -ENOMEM;
+	for (i = 0; i < s->cap_tally; i++) {
+		if (!s->tally[i].entry)
+			continue;
+		for (j = tally_hash(s->tally[i].entry, &s->tally[i].ids) & (cap - 1); t[j].entry;
+		     j = (j + 1) & (cap - 1))
+			;
+		t[j] = s->tally[i];
+	}
+	free(s->tally);
+	s->tally = t;
+	s->cap_tally = cap;
+	return 0;
+}
+
+static void apm_tally(struct lupe_session *s, size_t idx, const struct lupe_sample *smp)
+{
+	uint32_t entry = (uint32_t)idx + 1;
+	size_t j;
+
+	s->st.apm_samples++;
+	if (s->ntally * 2 >= s->cap_tally && tally_grow(s)) {
+		s->st.apm_tally_errors++;
+		return;
+	}
+	for (j = tally_hash(entry, &smp->apm) & (s->cap_tally - 1); s->tally[j].entry;
+	     j = (j + 1) & (s->cap_tally - 1)) {
+		if (s->tally[j].entry == entry && !memcmp(&s->tally[j].ids, &smp->apm, sizeof(smp->apm))) {
+			s->tally[j].count++;
+			return;
+		}
+	}
+	s->tally[j] = (struct apm_tally){ .entry = entry, .count = 1, .ids = smp->apm };
+	s->ntally++;
+}
+
+/* The service name of pid's agent, interned; NULL without one. */
+static const char *apm_service(struct lupe_session *s, pid_t pid)
+{
+	const char *svc = s->apm ? lupe_apm__service(s->apm, pid) : NULL;
+
+	return svc ? intern(s, svc) : NULL;
+}
+
+/* A new entry (index idx) of smp's process: labelled if the process has an agent. */
+static void apm_new_entry(struct lupe_session *s, size_t idx, const struct lupe_sample *smp)
+{
+	s->entries[idx].service = apm_service(s, s->entries[idx].pid);
+	if (smp->flags & LUPE_SAMPLE_APM)
+		apm_tally(s, idx, smp);
+}
+
+/* The registry's callbacks (under its lock: they must not call into it). */
+static int apm_attached(void *ctx, pid_t pid, int64_t tls_offset)
+{
+	struct lupe_session *s = ctx;
+
+	if (s->nrelabel == s->cap_relabel) {
+		size_t cap = s->cap_relabel ? s->cap_relabel * 2 : 16;
+		pid_t *p = realloc(s->relabel, cap * sizeof(*p));
+
+		/* Entries sampled before the agent was found stay unlabelled; newer ones get
+		 * it as they are made. */
+		if (p) {
+			s->relabel = p;
+			s->cap_relabel = cap;
+		}
+	}
+	if (s->nrelabel < s->cap_relabel)
+		s->relabel[s->nrelabel++] = pid;
+	return s->apm_fd >= 0 ? lupe_tracer_apm_set(s->apm_fd, pid, tls_offset) : 0;
+}
+
+static void apm_detached(void *ctx, pid_t pid)
+{
+	struct lupe_session *s = ctx;
+
+	/* -ENOENT: BPF forgot it already (the process exec'd or exited). */
+	if (s->apm_fd >= 0)
+		lupe_tracer_apm_delete(s->apm_fd, pid);
+}
+
+/* End of a drain: agents pending are tried again; entries of processes whose agent was
+ * just found get its service name; each (entry, transaction) tallied is notified. */
+static void apm_poll(struct lupe_session *s)
+{
+	size_t i, j;
+
+	if (!s->apm)
+		return;
+	lupe_apm__retry(s->apm, 0);
+	for (i = 0; i < s->nrelabel; i++) {
+		pid_t pid = s->relabel[i];
+		uint32_t gen = pid_gen(s, pid);
+		const char *svc = apm_service(s, pid);
+
+		for (j = 0; svc && j < s->nentries; j++)
+			if (s->entries[j].pid == pid && s->raws[j].gen == gen)
+				s->entries[j].service = svc;
+	}
+	s->nrelabel = 0;
+	if (!s->ntally)
+		return;
+	for (i = 0; i < s->cap_tally; i++) {
+		struct apm_tally *t = &s->tally[i];
+		struct lupe_profile_entry *e;
+		struct lupe_raw_trace raw;
+		const char *svc;
+
+		if (!t->entry)
+			continue;
+		e = &s->entries[t->entry - 1];
+		raw = (struct lupe_raw_trace){ .pid = e->pid, .apm = &t->ids };
+		svc = lupe_procmgr__notify_apm(s->pm, &raw, s->traces[e->trace].hash, t->count);
+		s->st.apm_notified += t->count;
+		if (svc && (!e->service || strcmp(e->service, svc)))
+			e->service = intern(s, svc);
+	}
+	memset(s->tally, 0, s->cap_tally * sizeof(*s->tally));
+	s->ntally = 0;
+}
+
+static void apm_stats(struct lupe_session *s)
+{
+	if (s->tracer)
+		lupe_tracer__apm_counters(s->tracer, &s->st.apm_bpf);
+	if (s->apm)
+		lupe_apm__stats(s->apm, &s->st.apm);
+}
+
+/* Makes the registry and wraps the manager's handler and reporter (both owned by the
+ * wrappers from here, also on failure). Returns 0 or a negative errno. */
+static int apm_setup(struct lupe_session *s, struct lupe_ebpf_handler **ebpf,
+		     struct lupe_symbol_reporter **reporter)
+{
+	LUPE_OPTS(lupe_apm_opts, o, .attached = apm_attached, .detached = apm_detached, .ctx = s);
+	int fd = s->tracer ? lupe_tracer__apm_map_fd(s->tracer) : -1;
+
+	if (s->tracer && fd < 0)
+		pr_warn("map 'apm_procs': %s: APM agents get no transaction IDs", lupe_errstr(fd));
+	s->apm_fd = fd < 0 ? -1 : fd;
+	s->apm = lupe_apm__new(&o);
+	if (!s->apm) {
+		(*ebpf)->ops->free(*ebpf);
+		if (*reporter)
+			(*reporter)->ops->free(*reporter);
+		*ebpf = NULL;
+		*reporter = NULL;
+		return -errno;
+	}
+	*ebpf = lupe_apm_ebpf_new(s->apm, *ebpf);
+	*reporter = lupe_apm_reporter_new(s->apm, *reporter);
+	if (!*ebpf || !*reporter) {
+		if (*ebpf)
+			(*ebpf)->ops->free(*ebpf);
+		if (*reporter)
+			(*reporter)->ops->free(*reporter);
+		*ebpf = NULL;
+		*reporter = NULL;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/* After the manager is gone: it tells the registry of the processes it releases. */
+static void apm_free(struct lupe_session *s)
+{
+	lupe_apm__free(s->apm);
+	if (s->apm_fd >= 0)
+		close(s->apm_fd);
+	free(s->tally);
+	free(s->relabel);
+}
+
+struct lupe_apm *lupe_session__apm(struct lupe_session *s)
+{
+	return s->apm;
+}
+
 static int on_sample(void *ctx, const struct lupe_sample *smp)
 {
 	struct lupe_session *s = ctx;
 	size_t nf = (size_t)smp->kernel_len + smp->user_len;
 	uint32_t gen = pid_gen(s, (pid_t)smp->pid);
 	uint64_t head[4], hash;
-	size_t j;
+	size_t j, before;
+	int err;
 
 	if (nf > LUPE_MAX_FRAMES) {
 		s->st.bpf_bad_records++;
@@ -573,12 +790,18 @@ static int on_sample(void *ctx, const struct lupe_sample *smp)
 			s->entries[i].interval++;
 			s->entries[i].last_ktime = smp->ktime;
 			s->st.cache_hits++;
+			if (smp->flags & LUPE_SAMPLE_APM)
+				apm_tally(s, i, smp);
 			return 0;
 		}
 		s->st.hash_collisions++;
 	}
 	s->st.cache_misses++;
-	return new_entry(s, smp, hash, gen, j);
+	before = s->nentries;
+	err = new_entry(s, smp, hash, gen, j);
+	if (s->nentries > before)
+		apm_new_entry(s, before, smp);
+	return err;
 }
 
 static void push_execd(struct lupe_session *s, pid_t pid)
@@ -691,6 +914,7 @@ int lupe_session__poll(struct lupe_session *s, int timeout_ms)
 	if (s->unwinder)
 		lupe_stackdeltas__maintain(s->unwinder, start, MAINTAIN_INTERVAL_NS);
 	symbolize_pending(s, false);
+	apm_poll(s);
 	/* Everything captured before the oldest sample of this batch (or before the drain
 	 * began, if it was empty) has been converted: processes that exited by then can go. */
 	lupe_procmgr__symbolization_complete(s->pm, s->batch_min_ktime < start ? s->batch_min_ktime
@@ -921,6 +1145,7 @@ void lupe_session__stats(struct lupe_session *s, struct lupe_session_stats *out)
 	}
 	lupe_stackdeltas__stats(s->unwinder, &s->st.deltas);
 	lupe_procmgr__stats(s->pm, &s->st.pm);
+	apm_stats(s);
 	*out = s->st;
 	out->bpf_bad_records += ts.bad_records;
 }
@@ -945,7 +1170,8 @@ struct lupe_session *lupe_session__new(const struct lupe_session_opts *opts)
 		  .unwind = !OPT(opts, no_unwind, false),
 		  .unwind_budget_bytes = OPT(opts, unwind_budget_bytes, 0));
 	struct lupe_stackdelta_provider *deltas = NULL;
-	struct lupe_ebpf_handler *ebpf;
+	struct lupe_symbol_reporter *reporter;
+	struct lupe_ebpf_handler *ebpf, *inner;
 	struct lupe_session *s = calloc(1, sizeof(*s));
 	struct lupe_file_id kid;
 	int err = -ENOMEM;
@@ -955,6 +1181,7 @@ struct lupe_session *lupe_session__new(const struct lupe_session_opts *opts)
 		return NULL;
 	}
 	s->filter_errors = OPT(opts, filter_error_frames, false);
+	s->apm_fd = -1;
 	s->syms = lupe_symcache__new(NULL);
 	s->trace_index = lupe_hashmap__new();
 	s->strings = lupe_hashmap__new();
@@ -986,17 +1213,27 @@ struct lupe_session *lupe_session__new(const struct lupe_session_opts *opts)
 		if (!ebpf)
 			goto err_out;
 	}
+	inner = ebpf;
+	reporter = lupe_symcache__reporter(s->syms);
+	err = apm_setup(s, &ebpf, &reporter);
+	if (err) {
+		if (deltas)
+			deltas->ops->free(deltas);
+		goto err_out;
+	}
 	{
 		/* The manager owns both from here, also if it fails. */
 		LUPE_OPTS(lupe_procmgr_opts, popts, .ebpf = ebpf, .deltas = deltas,
-			  .reporter = lupe_symcache__reporter(s->syms),
+			  .reporter = reporter,
 			  .filter_error_frames = s->filter_errors);
 		s->pm = lupe_procmgr__new(&popts);
 	}
+	err = -ENOMEM;
 	if (!s->pm)
 		goto err_out;
+	lupe_procmgr__set_apm(s->pm, s->apm);
 	if (deltas)
-		s->unwinder = ebpf;
+		s->unwinder = inner;
 	if (kernel_file_id(&kid) == 0) {
 		struct lupe_fileid_mapper *m = lupe_procmgr__file_id_mapper(s->pm);
 
@@ -1027,6 +1264,7 @@ void lupe_session__free(struct lupe_session *s)
 		waitpid(s->child, NULL, 0);
 	}
 	lupe_procmgr__free(s->pm);    /* before the symbol cache it reports to */
+	apm_free(s);
 	lupe_symcache__free(s->syms);
 	for (i = 0; i < s->nentries; i++)
 		free(s->raws[i].frames);

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "apm.h"
 #include "convert.h"
 #include "procmgr.h"
 #include "stackdeltas.h"
@@ -115,6 +116,8 @@ struct lupe_profile_entry {
 	uint64_t count;        /* since the session started */
 	uint64_t interval;     /* since the last lupe_session__interval_reset */
 	uint64_t first_ktime, last_ktime;
+	/* The APM agent's service name for the process (interned), or NULL: no agent. */
+	const char *service;
 };
 
 /* Entries so far (borrowed array, valid until the next poll). */
@@ -154,9 +157,23 @@ struct lupe_session_stats {
 	struct lupe_stackdeltas_stats deltas;
 	unsigned int ncpus;
 	struct lupe_procmgr_stats pm;
+	/* APM correlation: BPF's reads of agents' correlation buffers; the samples aggregated
+	 * with transaction IDs, and how many of them were handed to the registry per drain,
+	 * per (process, transaction, trace) (apm_samples - apm_notified were not: no memory
+	 * for the drain's tally, counted in apm_tally_errors); the agents' registry. */
+	struct lupe_apm_counters apm_bpf;
+	uint64_t apm_samples, apm_notified, apm_tally_errors;
+	struct lupe_apm_stats apm;
 };
 void lupe_session__stats(struct lupe_session *s, struct lupe_session_stats *out);
 
 struct lupe_procmgr *lupe_session__procmgr(struct lupe_session *s);
+
+/* APM correlation. Every session keeps a registry of APM agents (apm.h) that its manager
+ * feeds: a process whose agent is found gets its samples' transaction IDs read in BPF;
+ * at the end of each poll, each agent is told, per transaction and trace, how many samples
+ * were taken (one datagram, never blocking), and entries are labelled with the agent's
+ * service name. Borrowed, valid while the session lives. */
+struct lupe_apm *lupe_session__apm(struct lupe_session *s);
 
 #endif
