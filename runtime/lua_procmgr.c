@@ -1,6 +1,8 @@
 /* lupe.native.procmgr: the process manager as a typed userdata. lupe/procmgr.lua wraps it
  * into the Lua-facing object (exact 64-bit values, file ID objects). */
 #include "lua_util.h"
+#include "apm.h"
+#include "convert.h"
 #include "log.h"
 #include "procmgr.h"
 
@@ -14,6 +16,7 @@
 
 struct lprocmgr {
 	struct lupe_procmgr *pm;
+	struct lupe_apm *apm;   /* new{apm = true}: the manager's agent registry; owned */
 };
 
 static struct lupe_procmgr *check_procmgr(lua_State *L, int idx)
@@ -34,13 +37,40 @@ static void opt_field_bool(lua_State *L, int t, const char *k, bool *out)
 	lua_pop(L, 1);
 }
 
-/* new{ proc_root=, filter_error_frames=, file_ids = "lru"|"map", lru_size= } */
+/* With new{apm = true}: a registry of APM agents fed by decorators around the recorder
+ * and a reporter, so that synchronize finds agents and notify_apm reaches them. On failure
+ * the handler and reporter made so far are freed, as the manager would. */
+static int with_apm(struct lprocmgr *u, struct lupe_procmgr_opts *opts)
+{
+	LUPE_OPTS(lupe_apm_opts, aopts, .proc_root = opts->proc_root);
+
+	u->apm = lupe_apm__new(&aopts);
+	if (!u->apm)
+		goto fail;
+	opts->ebpf = lupe_apm_ebpf_new(u->apm, lupe_ebpf_recorder_new());
+	if (!opts->ebpf)
+		goto fail;
+	opts->reporter = lupe_apm_reporter_new(u->apm, NULL);
+	if (!opts->reporter)
+		goto fail;
+	return 0;
+fail:
+	if (opts->ebpf)
+		opts->ebpf->ops->free(opts->ebpf);
+	opts->ebpf = NULL;
+	opts->file_ids->ops->free(opts->file_ids);
+	opts->file_ids = NULL;
+	return -ENOMEM;
+}
+
+/* new{ proc_root=, filter_error_frames=, file_ids = "lru"|"map", lru_size=, apm= } */
 static int l_new(lua_State *L)
 {
 	LUPE_OPTS(lupe_procmgr_opts, opts);
 	struct lprocmgr *u;
 	const char *mapper = "lru";
 	size_t lru_size = 0;
+	bool apm = false;
 
 	if (!lua_isnoneornil(L, 1)) {
 		luaL_checktype(L, 1, LUA_TTABLE);
@@ -53,6 +83,7 @@ static int l_new(lua_State *L)
 		lru_size = lua_isnil(L, -1) ? 0 : (size_t)luaL_checkinteger(L, -1);
 		lua_pop(L, 1);
 		opt_field_bool(L, 1, "filter_error_frames", &opts.filter_error_frames);
+		opt_field_bool(L, 1, "apm", &apm);
 	}
 	if (strcmp(mapper, "map") == 0)
 		opts.file_ids = lupe_fileid_mapper_new_map();
@@ -66,11 +97,15 @@ static int l_new(lua_State *L)
 
 	u = lua_newuserdata(L, sizeof(*u));
 	u->pm = NULL;
+	u->apm = NULL;
 	luaL_getmetatable(L, PROCMGR_MT);
 	lua_setmetatable(L, -2);
+	if (apm && with_apm(u, &opts))
+		return lupe_push_errno(L, ENOMEM, "procmgr.new");
 	u->pm = lupe_procmgr__new(&opts);
 	if (!u->pm)
 		return lupe_push_errno(L, errno, "procmgr.new");
+	lupe_procmgr__set_apm(u->pm, u->apm);
 	return 1;
 }
 
@@ -80,6 +115,8 @@ static int l_close(lua_State *L)
 
 	lupe_procmgr__free(u->pm);
 	u->pm = NULL;
+	lupe_apm__free(u->apm);   /* after the manager, which tells it of exits */
+	u->apm = NULL;
 	return 0;
 }
 
@@ -393,6 +430,9 @@ static int l_ebpf_calls(lua_State *L)
 	struct lupe_procmgr *pm = check_procmgr(L, 1);
 	struct lupe_ebpf_handler *h = lupe_procmgr__ebpf(pm);
 	const struct lupe_ebpf_record *r;
+
+	if (lupe_apm_ebpf_inner(h))
+		h = lupe_apm_ebpf_inner(h);
 	size_t n, i;
 
 	if (!lupe_ebpf_handler_is_recorder(h))
@@ -418,6 +458,80 @@ static int l_ebpf_calls(lua_State *L)
 	return 1;
 }
 
+static void raw_bytes(lua_State *L, int t, const char *k, uint8_t *out, size_t n)
+{
+	const char *v;
+	size_t len;
+
+	lua_getfield(L, t, k);
+	v = lua_tolstring(L, -1, &len);
+	if (!v || len != n)
+		luaL_error(L, "notify_apm: raw.%s must be a string of %d bytes", k, (int)n);
+	memcpy(out, v, n);
+	lua_pop(L, 1);
+}
+
+/* pm:notify_apm({pid=, trace_id=16 bytes, tx_id=8 bytes}, {hi, lo}, count) -> service | nil
+ * The reference's MaybeNotifyAPMAgent; see lupe_procmgr__notify_apm. */
+static int l_notify_apm(lua_State *L)
+{
+	struct lupe_procmgr *pm = check_procmgr(L, 1);
+	struct lupe_raw_trace raw = { 0 };
+	struct lupe_apm_ids ids;
+	struct lupe_file_id hash;
+	lua_Integer count;
+	const char *service;
+
+	luaL_checktype(L, 2, LUA_TTABLE);
+	lua_getfield(L, 2, "pid");
+	raw.pid = (pid_t)luaL_checkint(L, -1);
+	lua_pop(L, 1);
+	raw_bytes(L, 2, "trace_id", ids.trace_id, sizeof(ids.trace_id));
+	raw_bytes(L, 2, "tx_id", ids.tx_id, sizeof(ids.tx_id));
+	raw.apm = &ids;
+	check_file_id(L, 3, &hash);
+	count = luaL_checkinteger(L, 4);
+	luaL_argcheck(L, count >= 0 && count <= UINT32_MAX, 4, "count must fit 32 bits");
+	service = lupe_procmgr__notify_apm(pm, &raw, hash, (uint32_t)count);
+	if (service)
+		lua_pushstring(L, service);
+	else
+		lua_pushnil(L);
+	return 1;
+}
+
+/* pm:apm_stats() -> the registry's counters, or nil without one */
+static int l_apm_stats(lua_State *L)
+{
+	struct lupe_apm *apm = lupe_procmgr__apm(check_procmgr(L, 1));
+	struct lupe_apm_stats st;
+
+	if (!apm) {
+		lua_pushnil(L);
+		return 1;
+	}
+	lupe_apm__stats(apm, &st);
+	lua_createtable(L, 0, 16);
+#define SET_APM(f) (lua_pushnumber(L, (lua_Number)st.f), lua_setfield(L, -2, #f))
+	SET_APM(libs_detected);
+	SET_APM(libs_rejected);
+	SET_APM(agents_found);
+	SET_APM(agents);
+	SET_APM(pending);
+	SET_APM(attach_errors);
+	SET_APM(storage_errors);
+	SET_APM(rejected_paths);
+	SET_APM(socket_errors);
+	SET_APM(sent);
+	SET_APM(dropped);
+	SET_APM(errors);
+	SET_APM(no_transaction);
+	SET_APM(no_socket);
+	SET_APM(services);
+#undef SET_APM
+	return 1;
+}
+
 static const luaL_Reg procmgr_methods[] = {
 	{ "synchronize", l_synchronize },
 	{ "pid_exit", l_pid_exit },
@@ -432,6 +546,8 @@ static const luaL_Reg procmgr_methods[] = {
 	{ "exe_refcount", l_exe_refcount },
 	{ "stats", l_stats },
 	{ "ebpf_calls", l_ebpf_calls },
+	{ "notify_apm", l_notify_apm },
+	{ "apm_stats", l_apm_stats },
 	{ "close", l_close },
 	{ NULL, NULL },
 };

@@ -9,6 +9,7 @@
 --   pm:pid_exit(pid [, ktime])          -> tracked?
 --   pm:symbolization_complete(ktime)    -> processes released
 --   pm.file_ids:get(host) / :set(host, file_id)
+--   pm:notify_apm(raw, trace_hash, count) -> the APM agent's service name | nil
 -- 64-bit fields are uint64_t cdata (exact); file IDs print as 32 hex digits.
 local native = require("lupe.native").procmgr
 local u64 = require "lupe.u64"
@@ -146,6 +147,23 @@ function ProcMgr:ebpf_calls(clear)
   return calls
 end
 
+-- APM correlation (needs new{apm = true}, or a session's manager): tells raw.pid's APM
+-- agent that the trace with this hash (a file ID object, or 32 hex digits) was sampled
+-- count times in the transaction raw.tx_id (8 bytes) of trace raw.trace_id (16 bytes).
+-- Never blocks; nothing is sent for a zero transaction or an agent without a socket.
+-- Returns the agent's service name, or nil when the process has no agent.
+function ProcMgr:notify_apm(raw, trace_hash, count)
+  if type(raw) ~= "table" then error("notify_apm: raw must be a table {pid, trace_id, tx_id}", 2) end
+  if type(trace_hash) == "string" then trace_hash = M.file_id(trace_hash) end
+  if getmetatable(trace_hash) ~= FileID then error("notify_apm: trace_hash must be a file ID", 2) end
+  return self._pm:notify_apm(raw, trace_hash:to_c(), count)
+end
+
+-- The APM registry's counters (sent, dropped, agents, ...), or nil without one.
+function ProcMgr:apm_stats()
+  return self._pm:apm_stats()
+end
+
 function ProcMgr:close()
   self._pm:close()
 end
@@ -168,7 +186,7 @@ function FileIDs:set(host, id)
 end
 
 -- opts: proc_root (tests), filter_error_frames, file_ids = "lru" (default) | "map",
--- lru_size.
+-- lru_size, apm (true: find APM agents as processes are synchronized, for notify_apm).
 function M.new(opts)
   local pm, msg, errno = native.new(opts)
   if not pm then return nil, msg, errno end
