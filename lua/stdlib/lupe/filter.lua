@@ -2,6 +2,7 @@
 --
 --   pid == 42            comm ~ 'ngin*'        exe ~ '/usr/bin/*'
 --   cgroup ~ 'system.slice/*'                  frame ~ 'malloc'      module ~ 'libc*'
+--   service ~ 'shop-*'   (the APM agent's service name; '' for processes without one)
 --   kernel               (the stack has kernel frames)
 --   not, and, or, ( )    pid != 1, pid < 100, ...
 -- ~ and !~ match shell-style globs (* any run, ? one character) against the whole value;
@@ -33,7 +34,7 @@ local token = tok("number", number) + tok("string", quoted) + tok("name", ident)
 local lexer = Ct((space * token) ^ 0) * space * Cp()
 
 local FIELDS = { pid = "number", comm = "string", exe = "string", cgroup = "string",
-                 frame = "string", module = "string" }
+                 frame = "string", module = "string", service = "string" }
 local KEYWORDS = { ["and"] = true, ["or"] = true, ["not"] = true, kernel = true }
 
 -- Glob -> anchored Lua pattern (cached: weak table, compiled once per glob).
@@ -84,6 +85,7 @@ local function value_of(field, e)
   if field == "comm" then return e.comm end
   if field == "exe" then return e.exe or exe_of(e.pid) end
   if field == "cgroup" then return e.cgroup or cgroup_of(e.pid) end
+  if field == "service" then return e.service or "" end
 end
 
 local function compare(opname, a, b)
@@ -188,11 +190,11 @@ function Parser:factor()
   if self:accept("name", "kernel") then return { fn = has_kernel } end
   local t = self:peek()
   if not t or t.kind ~= "name" or KEYWORDS[t.text] then
-    self:fail("a field (pid, comm, exe, cgroup, frame, module), 'kernel', 'not' or '('")
+    self:fail("a field (pid, comm, exe, cgroup, frame, module, service), 'kernel', 'not' or '('")
   end
   local ftype = FIELDS[t.text]
   if not ftype then
-    self:fail("a field (pid, comm, exe, cgroup, frame, module), 'kernel', 'not' or '('")
+    self:fail("a field (pid, comm, exe, cgroup, frame, module, service), 'kernel', 'not' or '('")
   end
   self.i = self.i + 1
   local o = self:accept("op")

@@ -90,7 +90,8 @@ local function keep(self, e)
   if self._on_trace and self._trace_verdicts[e.trace] == false then return false end
   local f = self._filter
   if not f then return true end
-  local key = e.trace .. ":" .. e.pid .. ":" .. e.comm
+  -- The service name comes with the process's APM agent, possibly after its first entries.
+  local key = e.trace .. ":" .. e.pid .. ":" .. e.comm .. ":" .. (e.service or "")
   local v = self._verdicts[key]
   if v == nil then
     v = f.match(e) and true or false
