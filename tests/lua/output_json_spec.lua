@@ -106,6 +106,15 @@ describe("lupe.output.json", function()
     assert.are.equal("f10000", l[2].frames[10000]["function"])
   end)
 
+  it("adds the APM service name to entries that have one, and only to those", function()
+    local p = profile()
+    p.entries[2].service = 'shop "api"'
+    local l = lines(p)
+    assert.are.same({ "comm", "pid", "count", "hash", "frames" }, l[2].__keys)
+    assert.are.same({ "comm", "pid", "count", "hash", "service", "frames" }, l[3].__keys)
+    assert.are.equal('shop "api"', l[3].service)
+  end)
+
   it("writes only the header for an empty profile", function()
     local l = lines({ entries = {}, stats = { lost = 1 }, duration = 0, frequency = 0 })
     assert.are.equal(1, #l)

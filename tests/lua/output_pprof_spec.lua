@@ -118,6 +118,19 @@ describe("lupe.output.pprof", function()
     end
   end)
 
+  it("labels samples with service.name where an APM agent named the service", function()
+    local q = profile()
+    q.entries[2].service = "shop-api"
+    local d = roundtrip(q)
+    local function labels(s)
+      local t = {}
+      for _, l in ipairs(s.label) do t[l.key] = l.num or l.str end
+      return t
+    end
+    assert.are.same({ pid = 1, comm = "app" }, labels(d.sample[1]))
+    assert.are.same({ pid = 2, comm = "app", ["service.name"] = "shop-api" }, labels(d.sample[2]))
+  end)
+
   it("writes one location per distinct frame, with exact 64-bit addresses", function()
     assert.are.equal(6, #p.location) -- work, main, vfs_read, libfoo+0x1139, unknown, error
     local maps = by_id(p.mapping)

@@ -56,6 +56,21 @@ describe("lupe.output.folded", function()
       "x_y;[truncated: user stack too deep];[unknown] 1",
     }, lines)
   end)
+
+  it("starts stacks with service:NAME only when asked, and keeps services apart", function()
+    local p = profile()
+    p.entries[1].service = "shop;api"
+    assert.are.same(folded.lines(profile()), folded.lines(p))
+    assert.are.same({
+      "app;main;libfoo.so+0x1139;vfs_read_[k] 2",
+      "app;main;work 3",
+      "service:shop_api;app;main;work 5",
+      "x_y;[truncated: user stack too deep];[unknown] 1",
+    }, folded.lines(p, { service = true }))
+    local buf = {}
+    folded.write(p, { write = function(_, s) buf[#buf + 1] = s end }, { service = true })
+    assert.matches("^service:shop_api;app;main;work 5\n", table.concat(buf))
+  end)
 end)
 
 describe("lupe.output.top", function()
@@ -70,5 +85,17 @@ describe("lupe.output.top", function()
     local first = text:match("function[^\n]*\n([^\n]*)")
     assert.matches("72%.73%%%s+72%.73%%%s+work%s+app", first)
     assert.matches("app %(1%)", text)
+    assert.is_nil(text:find("service.name", 1, true))
+  end)
+
+  it("sums samples per APM service when agents named any", function()
+    local p = profile()
+    p.entries[1].service = "shop"
+    p.entries[3].service = "shop"
+    local buf = {}
+    top.write(p, { write = function(_, ...) for _, s in ipairs{ ... } do buf[#buf + 1] = s end end })
+    local text = table.concat(buf)
+    -- 7 of 11 samples.
+    assert.matches("service%.name\n%s*63%.64%%%s+shop\n", text)
   end)
 end)

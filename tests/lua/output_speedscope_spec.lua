@@ -71,6 +71,14 @@ describe("lupe.output.speedscope", function()
     assert.are.equal(want, write(profile()))
   end)
 
+  it("names a process's profile with its APM service, only where known", function()
+    local p = profile()
+    p.entries[2].service = "shop"
+    local doc = write(p)
+    assert.truthy(doc:find('"name":"app (9) [service.name=shop]"', 1, true))
+    assert.truthy(doc:find('"name":"app/sh (7)"', 1, true))
+  end)
+
   it("weights CPU time in nanoseconds when asked", function()
     local doc = decode.json(write(profile(), { unit = "nanoseconds" }))
     local p = doc.profiles[1]

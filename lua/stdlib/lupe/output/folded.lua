@@ -3,6 +3,9 @@
 -- ready for flamegraph.pl, inferno or speedscope. Identical stacks of different processes
 -- with the same comm are merged. write() streams lines in the order stacks were first
 -- sampled (flame graph tools sort for themselves); lines() returns them sorted.
+-- With opts.service, a stack whose process has an APM agent starts with a "service:NAME"
+-- frame before its comm (off by default: tools reading the first frame as the process
+-- name keep working).
 local output = require "lupe.output"
 
 local M = {}
@@ -16,13 +19,15 @@ end
 -- Calls fn(comm, names, n, count) once per merged stack, names[1..n] root first. Stacks
 -- merge by (comm, trace hash), or by their frames' ids where no hash is given; each
 -- distinct frame is labelled once (output.locator numbers frames by module and address).
-local function each_stack(profile, fn)
+local function each_stack(profile, fn, opts)
+  local with_service = opts and opts.service
   local locate = output.locator()
   local names, comms, index, slots, ids = {}, {}, {}, {}, {}
   for _, e in ipairs(profile.entries) do
     local comm = e.comm ~= "" and e.comm or "[unknown]"
     local c = comms[comm]
     if not c then c = clean(comm) comms[comm] = c end
+    if with_service and e.service then c = "service:" .. clean(e.service) .. ";" .. c end
     local frames = e.frames
     local n = #frames
     local key = e.hash
@@ -50,18 +55,18 @@ local function each_stack(profile, fn)
   end
 end
 
-function M.lines(profile)
+function M.lines(profile, opts)
   local lines = {}
   each_stack(profile, function(comm, parts, n, count)
     lines[#lines + 1] = ("%s;%s %d"):format(comm, concat(parts, ";", 1, n), count)
-  end)
+  end, opts)
   -- A stack without frames has no ";" after its comm.
   for i, l in ipairs(lines) do lines[i] = l:gsub("; (%d+)$", " %1") end
   sort(lines)
   return lines
 end
 
-function M.write(profile, fh)
+function M.write(profile, fh, opts)
   local buf, nb, nlines = {}, 0, 0
   each_stack(profile, function(comm, parts, n, count)
     buf[nb + 1] = comm
@@ -76,7 +81,7 @@ function M.write(profile, fh)
     nb = nb + 1
     nlines = nlines + 1
     if nb >= 4096 then fh:write(concat(buf, "", 1, nb)) nb = 0 end
-  end)
+  end, opts)
   fh:write(concat(buf, "", 1, nb))
   return nlines
 end

@@ -3,8 +3,9 @@
 --            "frequency","duration","ncpus","target","counts":{samples, lost, filtered,
 --            ..., truncated}}
 --   then     one line per unique stack of one process:
---            {"comm","pid","count","hash","frames":[{"function","module","file_id",
---            "address","kind"}, ...]}
+--            {"comm","pid","count","hash",["service",]"frames":[{"function","module",
+--            "file_id","address","kind"}, ...]}
+--            "service" is the APM agent's service.name, present only when known.
 -- Frames are LEAF FIRST (the sampled instruction first, as lupe keeps them), in every
 -- line. "function" is the label folded writes (module+0xADDR without a symbol); "module"
 -- and "file_id" are null when unknown; "address" is a hex string (64 bits do not fit a
@@ -43,8 +44,9 @@ function M.write(profile, fh)
   for _, e in ipairs(profile.entries) do
     local frames = e.frames
     local n = #frames
-    pieces[1] = fmt('{"comm":%s,"pid":%d,"count":%d,"hash":%s,"frames":[',
-                    json(e.comm or ""), e.pid or 0, e.count, e.hash and json(e.hash) or "null")
+    pieces[1] = fmt('{"comm":%s,"pid":%d,"count":%d,"hash":%s,%s"frames":[',
+                    json(e.comm or ""), e.pid or 0, e.count, e.hash and json(e.hash) or "null",
+                    e.service and '"service":' .. json(e.service) .. "," or "")
     for i = 1, n do
       local f = frames[i]
       local id, new = locate(f)

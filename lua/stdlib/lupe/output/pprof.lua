@@ -2,7 +2,7 @@
 -- what `go tool pprof`, pprof's web UI and most profile stores read.
 --   sample types    samples/count and cpu/nanoseconds (count x 1e9 / frequency)
 --   samples         one per (stack, pid): location ids leaf first, labels pid (num) and
---                   comm (string)
+--                   comm (string), and service.name (string) where an APM agent named it
 --   locations       one per distinct frame: its address and one line naming its function
 --   functions       one per frame label (name = system_name = the label folded writes,
 --                   filename = the module)
@@ -86,7 +86,7 @@ function M.encode(profile)
 
   local locate = locator()
   local ids, vals, loc_mapping, mapping_weight = {}, {}, {}, {}
-  local key_pid, key_comm = str("pid"), str("comm")
+  local key_pid, key_comm, key_service = str("pid"), str("comm"), str("service.name")
   for _, e in ipairs(profile.entries) do
     local frames = e.frames
     local n = #frames
@@ -117,6 +117,10 @@ function M.encode(profile)
     msg:bytes(3, sub)
     sub:reset():uint(1, key_comm):uint(2, str(e.comm or ""))
     msg:bytes(3, sub)
+    if e.service then
+      sub:reset():uint(1, key_service):uint(2, str(e.service))
+      msg:bytes(3, sub)
+    end
     out:bytes(P.sample, msg)
   end
 

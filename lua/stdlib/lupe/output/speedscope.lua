@@ -2,7 +2,8 @@
 -- document that speedscope opens as is.
 --   shared.frames   one per distinct frame label and module: {"name", "file"}
 --   profiles        one "sampled" profile per process, named "comm (pid)" (or "comm/comm2
---                   (pid)" after an exec, the name with more samples first), heaviest first;
+--                   (pid)" after an exec, the name with more samples first; with
+--                   " [service.name=S]" where an APM agent named the service), heaviest first;
 --                   samples are frame-index arrays root first, weights their counts
 --                   (unit "none"), or CPU time with opts.unit = "nanoseconds"
 --   name            "lupe: " and the session's counts (speedscope shows it as the title);
@@ -49,6 +50,7 @@ local function by_process(entries)
     g.comms[comm] = g.comms[comm] + e.count
     g.entries[#g.entries + 1] = e
     g.total = g.total + e.count
+    g.service = e.service or g.service
   end
   sort(list, function(a, b)
     if a.total ~= b.total then return a.total > b.total end
@@ -114,7 +116,9 @@ function M.write(profile, fh, opts)
     end
     w.put(fmt('%s{"type":"sampled","name":%s,"unit":"%s","startValue":0,"endValue":%.0f,' ..
               '"samples":[', gi > 1 and "," or "",
-              json(fmt("%s (%d)", concat(g.comms, "/"), g.pid)), unit, end_value))
+              json(fmt("%s (%d)%s", concat(g.comms, "/"), g.pid,
+                       g.service and " [service.name=" .. g.service .. "]" or "")),
+              unit, end_value))
     for i, e in ipairs(g.entries) do
       local fr = e.frames
       local n = #fr

@@ -20,7 +20,7 @@ end
 function M.write(profile, fh, opts)
   opts = opts or {}
   local n = opts.top or 25
-  local total, self_, incl, mods, procs = 0, {}, {}, {}, {}
+  local total, self_, incl, mods, procs, services = 0, {}, {}, {}, {}, nil
   for _, e in ipairs(profile.entries) do
     local c = e.count
     total = total + c
@@ -35,6 +35,10 @@ function M.write(profile, fh, opts)
     if #frames == 0 then self_["[no stack]"] = (self_["[no stack]"] or 0) + c end
     local pk = fmt("%s (%d)", e.comm, e.pid)
     procs[pk] = (procs[pk] or 0) + c
+    if e.service then
+      services = services or {}
+      services[e.service] = (services[e.service] or 0) + c
+    end
   end
   local st = profile.stats
   fh:write(fmt("lupe: %d samples in %.1f s at %d Hz on %d CPUs (%s)\n", total,
@@ -55,6 +59,14 @@ function M.write(profile, fh, opts)
   for i, kv in ipairs(ranked(procs)) do
     if i > math.min(n, 10) then break end
     fh:write(fmt("%6.2f%%  %s\n", pct(kv[2]), kv[1]))
+  end
+  -- Only when APM agents named services: the summary of other profiles stays as it was.
+  if services then
+    fh:write(fmt("\n%7s  %s\n", "samples", "service.name"))
+    for i, kv in ipairs(ranked(services)) do
+      if i > math.min(n, 10) then break end
+      fh:write(fmt("%6.2f%%  %s\n", pct(kv[2]), kv[1]))
+    end
   end
 end
 
