@@ -955,13 +955,16 @@ static void agent_send(struct lupe_apm *apm, struct agent *a, const struct lupe_
 		lupe_apm_encode(msg, ids, hash, n);
 		if (send(a->sock, msg, sizeof(msg), MSG_DONTWAIT | MSG_NOSIGNAL) == sizeof(msg)) {
 			apm->st.sent++;
+			apm->st.sent_samples += n;
 			continue;
 		}
 		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
 			apm->st.dropped++;
+			apm->st.dropped_samples += n;
 			continue;
 		}
 		apm->st.errors++;
+		apm->st.error_samples += n;
 		if (!a->warned_send)
 			pr_warn("pid %d: sending to the agent failed: %s", a->pid, lupe_errstr(errno));
 		a->warned_send = true;
@@ -973,6 +976,8 @@ static void agent_send(struct lupe_apm *apm, struct agent *a, const struct lupe_
 			a->sock = -1;
 		}
 	}
+	/* What was left when the socket closed above. */
+	apm->st.error_samples += count;
 }
 
 const char *lupe_apm__notify(struct lupe_apm *apm, pid_t pid, const struct lupe_apm_ids *ids,
@@ -988,10 +993,12 @@ const char *lupe_apm__notify(struct lupe_apm *apm, pid_t pid, const struct lupe_
 	service = a->service;
 	if (!ids || all_zero(ids->tx_id, sizeof(ids->tx_id))) {
 		apm->st.no_transaction++;
+		apm->st.no_transaction_samples += count;
 		goto out;
 	}
 	if (a->sock < 0) {
 		apm->st.no_socket++;
+		apm->st.no_socket_samples += count;
 		goto out;
 	}
 	agent_send(apm, a, ids, trace_hash, count);

@@ -126,6 +126,10 @@ struct lupe_apm_stats {
 	uint64_t no_transaction;  /* notifications with a zero transaction ID: not sent */
 	uint64_t no_socket;       /* notifications for an agent without a usable socket */
 	uint64_t services;        /* distinct service names kept */
+	/* The same outcomes in samples (the counts notify was given), so that samples sent +
+	 * dropped + failed + without transaction + without socket = every sample notified. */
+	uint64_t sent_samples, dropped_samples, error_samples;
+	uint64_t no_transaction_samples, no_socket_samples;
 };
 
 /* One process's agent, as a snapshot (tests, diagnostics). */

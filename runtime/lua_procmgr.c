@@ -528,6 +528,11 @@ static int l_apm_stats(lua_State *L)
 	SET_APM(no_transaction);
 	SET_APM(no_socket);
 	SET_APM(services);
+	SET_APM(sent_samples);
+	SET_APM(dropped_samples);
+	SET_APM(error_samples);
+	SET_APM(no_transaction_samples);
+	SET_APM(no_socket_samples);
 #undef SET_APM
 	return 1;
 }

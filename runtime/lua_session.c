@@ -337,6 +337,11 @@ static void push_apm_stats(lua_State *L, const struct lupe_session_stats *st)
 	set_num(L, "no_transaction", a->no_transaction);
 	set_num(L, "no_socket", a->no_socket);
 	set_num(L, "services", a->services);
+	set_num(L, "sent_samples", a->sent_samples);
+	set_num(L, "dropped_samples", a->dropped_samples);
+	set_num(L, "error_samples", a->error_samples);
+	set_num(L, "no_transaction_samples", a->no_transaction_samples);
+	set_num(L, "no_socket_samples", a->no_socket_samples);
 	lua_setfield(L, -2, "apm");
 }
 

@@ -669,6 +669,10 @@ TEST(real_send_is_received_and_decoded)
 	ASSERT_EQ(st.no_transaction, 1);
 	ASSERT_EQ(st.dropped, 0);
 	ASSERT_EQ(st.errors, 0);
+	/* In samples: 7 + 70000 sent, 3 without a transaction. */
+	ASSERT_EQ(st.sent_samples, 70007);
+	ASSERT_EQ(st.no_transaction_samples, 3);
+	ASSERT_EQ(st.dropped_samples + st.error_samples + st.no_socket_samples, 0);
 	/* A pid without an agent: nothing, NULL. */
 	ASSERT(lupe_apm__notify(apm, getpid(), &test_ids, hash, 1) == NULL);
 	pid = a.pid;
@@ -678,6 +682,7 @@ TEST(real_send_is_received_and_decoded)
 	lupe_apm__stats(apm, &st);
 	ASSERT_EQ(st.sent + st.errors + st.dropped, 4);
 	ASSERT_EQ(st.errors, 1);
+	ASSERT_EQ(st.error_samples, 1);
 	lupe_apm__free(apm);
 }
 
@@ -712,10 +717,12 @@ TEST(full_socket_drops_without_blocking)
 	signal(SIGALRM, watchdog);
 	alarm(20);
 	for (i = 0; i < 2000; i++)
-		lupe_apm__notify(apm, a.pid, &test_ids, hash, 1);
+		lupe_apm__notify(apm, a.pid, &test_ids, hash, 1 + i % 3);
 	alarm(0);
 	lupe_apm__stats(apm, &st);
 	ASSERT_EQ(st.sent + st.dropped, 2000);
+	/* Sum of 1 + i % 3 over i < 2000: 667 * 1 + 667 * 2 + 666 * 3. */
+	ASSERT_EQ(st.sent_samples + st.dropped_samples, 667 + 667 * 2 + 666 * 3);
 	ASSERT(st.dropped > 0);
 	ASSERT(st.sent > 0);
 	ASSERT_EQ(st.errors, 0);
