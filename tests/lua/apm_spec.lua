@@ -163,6 +163,35 @@ describe("lupe.native.apm", function()
       assert.matches("closed", tostring(r))
     end)
 
+    it("pm:notify_apm reaches the agent a manager found while synchronizing", function()
+      local sock = dir .. "/pm.sock"
+      local pid, log = start("pm", "--bind --socket " .. sock)
+      local pm = assert(require("lupe.procmgr").new{ apm = true })
+      assert.is_true(pm:synchronize(pid))
+      local st = pm:apm_stats()
+      assert.are.equal(1, st.libs_detected)
+      assert.are.equal(1, st.agents)
+      -- The recorder under the APM decorator still logs BPF's calls.
+      assert.is_true(#pm:ebpf_calls() > 0)
+      local raw = { pid = pid, trace_id = ("\x42"):rep(16), tx_id = bytes(0, 0, 0, 0, 0, 0, 0, 9) }
+      local hash = ("0f"):rep(16)
+      assert.are.equal("lupe-test-svc", pm:notify_apm(raw, hash, 3))
+      local line = assert(wait_for_line(log, "msg "))
+      assert.are.equal("msg len=46 type=1 minor=1 trace=" .. ("42"):rep(16) ..
+        " tx=0000000000000009 stack=" .. hash .. " count=3", line)
+      -- No agent in this process, and a manager without a registry: nil, nothing sent.
+      assert.is_nil(pm:notify_apm({ pid = 1, trace_id = raw.trace_id, tx_id = raw.tx_id }, hash, 1))
+      local plain = assert(require("lupe.procmgr").new{})
+      assert.is_nil(plain:notify_apm(raw, hash, 1))
+      assert.is_nil(plain:apm_stats())
+      plain:close()
+      assert.are.equal(1, pm:apm_stats().sent)
+      assert.are.equal(3, pm:apm_stats().sent_samples)
+      assert.has_error(function() pm:notify_apm({ pid = pid, trace_id = "short", tx_id = raw.tx_id }, hash, 1) end)
+      assert.has_error(function() pm:notify_apm(raw, "nothex", 1) end)
+      pm:close()
+    end)
+
     it("refuses a socket path with '..' and counts it", function()
       os.execute("mkdir -p " .. dir .. "/sub")
       local sock = dir .. "/sub/../agent2.sock"
