@@ -2,10 +2,13 @@
  * fixture agent library (tests/fixtures/apm, compiled here) against readelf; attaching to
  * running fixture processes, whose own logs are the oracle (the TLS offset the compiler's
  * code uses, the messages their socket received); hostile socket paths; a full socket.
+ * The session's side (offline, fed by ingest): samples in different transactions are
+ * notified separately, with the counts and the trace hash the session reports.
  * Tests that run fixtures as another user, in a chroot or in another mount namespace need
  * root and SKIP without it. */
 #include "apm.h"
 #include "procmgr.h"
+#include "session.h"
 #include "lupe_test.h"
 
 #include <elf.h>
@@ -1138,4 +1141,96 @@ TEST(procmgr_decorators_attach_and_detach)
 	ASSERT_EQ(lupe_apm__agent_info(apm, pid, &info), -ENOENT);
 	lupe_procmgr__free(pm);
 	lupe_apm__free(apm);
+}
+
+/* ---- the session's tally -------------------------------------------------------------- */
+
+static struct lupe_sample apm_sample(pid_t pid, const struct lupe_apm_ids *ids)
+{
+	struct lupe_sample smp = { .pid = (__u32)pid, .tid = (__u32)pid, .ktime = lupe_ktime_now(),
+				   .user_len = 1 };
+
+	memcpy(smp.comm, "app", 4);
+	smp.frames[0] = 0x1234; /* not mapped: an unknown frame, converted all the same */
+	if (ids) {
+		smp.flags = LUPE_SAMPLE_APM;
+		smp.apm = *ids;
+	}
+	return smp;
+}
+
+/* Whether the log has a message of this transaction, stack and count. */
+static bool has_msg(const char *log, const struct lupe_apm_ids *ids, const char *stack,
+		    unsigned count)
+{
+	char th[33], tx[17], want[256];
+
+	hex(th, ids->trace_id, 16);
+	hex(tx, ids->tx_id, 8);
+	snprintf(want, sizeof(want), "msg len=46 type=1 minor=1 trace=%s tx=%s stack=%s count=%u",
+		 th, tx, stack, count);
+	return wait_line(log, want, NULL, 0, 100);
+}
+
+TEST(session_notifies_each_transaction_separately)
+{
+	LUPE_OPTS(lupe_session_opts, so, .offline = true);
+	struct lupe_apm_ids other = test_ids;
+	const struct lupe_profile_entry *e;
+	const struct lupe_sym_trace *t;
+	struct lupe_session_stats st;
+	struct lupe_session *s;
+	struct lupe_sample smp;
+	struct app a;
+	char sock[PATH_MAX], stack[33];
+	size_t n;
+	int i;
+
+	NEED_FIXTURES();
+	other.tx_id[7] ^= 0xff;
+	wpath(sock, "run/session.sock");
+	if (app_run(&a, "session", sock, true, "--bind", NULL, NULL)) {
+		app_stop(&a);
+		FAIL("fixture app did not start");
+	}
+	s = lupe_session__new(&so);
+	ASSERT(s);
+	/* The manager's decorators find the agent as the process is read. */
+	ASSERT_OK(lupe_procmgr__synchronize_process(lupe_session__procmgr(s), a.pid));
+	for (i = 0; i < 10; i++) {
+		smp = apm_sample(a.pid, i < 5 ? &test_ids : i < 8 ? &other : NULL);
+		ASSERT_OK(lupe_session__ingest_sample(s, &smp));
+	}
+	ASSERT(lupe_session__poll(s, 0) >= 0);
+	/* One entry (the same stack), its service named, 8 of its 10 samples in two
+	 * transactions: two datagrams, 5 and 3. */
+	e = lupe_session__entries(s, &n);
+	ASSERT_EQ(n, 1);
+	ASSERT_EQ(e[0].count, 10);
+	ASSERT(e[0].service);
+	ASSERT_STREQ(e[0].service, "lupe-test-svc");
+	t = lupe_session__trace(s, e[0].trace);
+	ASSERT(t);
+	lupe_file_id_format(t->hash, stack);
+	for (i = 0; i < 300 && count_lines(a.log, "msg ") < 2; i++)
+		usleep(10000);
+	ASSERT_EQ(count_lines(a.log, "msg "), 2);
+	ASSERT(has_msg(a.log, &test_ids, stack, 5));
+	ASSERT(has_msg(a.log, &other, stack, 3));
+	lupe_session__stats(s, &st);
+	ASSERT_EQ(st.apm_samples, 8);
+	ASSERT_EQ(st.apm_notified, 8);
+	ASSERT_EQ(st.apm.sent, 2);
+	ASSERT_EQ(st.apm.sent_samples, 8);
+	ASSERT_EQ(st.apm.agents, 1);
+	/* The next drain notifies only what it drained. */
+	smp = apm_sample(a.pid, &other);
+	ASSERT_OK(lupe_session__ingest_sample(s, &smp));
+	ASSERT(lupe_session__poll(s, 0) >= 0);
+	ASSERT(has_msg(a.log, &other, stack, 1));
+	lupe_session__stats(s, &st);
+	ASSERT_EQ(st.apm.sent, 3);
+	ASSERT_EQ(st.apm_notified, 9);
+	lupe_session__free(s);
+	app_stop(&a);
 }
