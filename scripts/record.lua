@@ -150,5 +150,13 @@ io.stderr:write(("lupe record: %d samples (%d lost, %d filtered out, %d idle), "
   st.user_stack_err, st.kernel_stack_err, st.unknown_frames,
   st.procmgr.processes + st.procmgr.exited_pending, st.traces,
   opts.output and (", written to " .. opts.output) or ""))
+-- APM correlation, only where an agent was found: what the agents were told, what not.
+local apm = st.apm
+if apm and apm.agents_found > 0 then
+  io.stderr:write(("lupe record: APM: %d agents (services: %d), %d samples in transactions, " ..
+    "%d datagrams sent (%d samples), %d dropped (%d samples), %d failed, %d socket paths " ..
+    "refused\n"):format(apm.agents_found, apm.services, apm.samples, apm.sent,
+    apm.sent_samples, apm.dropped, apm.dropped_samples, apm.errors, apm.rejected_paths))
+end
 s:close()
 return profile.exit_status or 0
