@@ -607,7 +607,8 @@ static void apm_tally(struct lupe_session *s, size_t idx, const struct lupe_samp
 	}
 	for (j = tally_hash(entry, &smp->apm) & (s->cap_tally - 1); s->tally[j].entry;
 	     j = (j + 1) & (s->cap_tally - 1)) {
-		if (s->tally[j].entry == entry && !memcmp(&s->tally[j].ids, &smp->apm, sizeof(smp->apm))) {
+		if (s->tally[j].entry == entry &&
+		    !memcmp(&s->tally[j].ids, &smp->apm, sizeof(smp->apm))) {
 			s->tally[j].count++;
 			return;
 		}
@@ -697,8 +698,8 @@ static void apm_poll(struct lupe_session *s)
 		s->st.apm_notified += t->count;
 		if (svc && (!e->service || strcmp(e->service, svc)))
 			e->service = intern(s, svc);
+		*t = (struct apm_tally){ 0 };
 	}
-	memset(s->tally, 0, s->cap_tally * sizeof(*s->tally));
 	s->ntally = 0;
 }
 
