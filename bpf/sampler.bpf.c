@@ -141,7 +141,7 @@ static __always_inline void apm_fill(struct lupe_sample *s, __u32 tgid)
 			__sync_fetch_and_add(&c->read, 1);
 		return;
 	}
-	__builtin_memset(&s->apm, 0, sizeof(s->apm));
+	/* lupe_apm_read writes nothing unless it succeeds: s->apm is still zero. */
 	if (c && err == -LUPE_APM_EFAULT)
 		__sync_fetch_and_add(&c->faults, 1);
 	else if (c)
