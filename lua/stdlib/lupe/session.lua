@@ -27,18 +27,27 @@ local type, error, ipairs, pairs, setmetatable = type, error, ipairs, pairs, set
 local xpcall, tostring, tonumber, fstring = xpcall, tostring, tonumber, ffi.string
 local floor = math.floor
 
--- The C structs Lua reads in place, declared by the binding next to its asserts.
-if not pcall(ffi.typeof, "struct lupe_profile_entry") then ffi.cdef(native.cdef) end
-ffi.cdef [[
-struct lupe_batch_view {
-  const struct lupe_profile_entry *e;
-  const uint32_t *idx;
-  int32_t n;
-  int32_t session;     /* key in the sessions table below */
-  bool interval;       /* counts are interval counts */
-  double dropped;      /* samples the filter and on_trace left out */
-};
-]]
+-- The C structs Lua reads in place, declared by the binding next to its asserts. A ctype
+-- and its metatype live as long as the Lua state, longer than this module when it is
+-- loaded again (test runners, script reloads): that state is kept in the registry.
+local shared = debug.getregistry()["lupe.session.batch"]
+if not shared then
+  if not pcall(ffi.typeof, "struct lupe_profile_entry") then ffi.cdef(native.cdef) end
+  ffi.cdef [[
+  struct lupe_batch_view {
+    const struct lupe_profile_entry *e;
+    const uint32_t *idx;
+    int32_t n;
+    int32_t session;     /* key in shared.sessions */
+    bool interval;       /* counts are interval counts */
+    double dropped;      /* samples the filter and on_trace left out */
+  };
+  ]]
+  -- Batches name their session by id (a cdata cannot hold a Lua reference); weak, so an
+  -- unclosed session can still be collected.
+  shared = { sessions = setmetatable({}, { __mode = "v" }), next_id = 0, Batch = {} }
+  debug.getregistry()["lupe.session.batch"] = shared
+end
 local entry_ptr = ffi.typeof("const struct lupe_profile_entry *")
 local index_ptr = ffi.typeof("const uint32_t *")
 local verdict_ptr = ffi.typeof("uint8_t *")
@@ -87,11 +96,8 @@ function Session:trace(idx)
 end
 
 -- ---- batches: zero-copy views ------------------------------------------------------
--- Batches name their session by id (a cdata cannot hold a Lua reference); weak, so an
--- unclosed session can still be collected.
-local sessions, next_session_id = setmetatable({}, { __mode = "v" }), 0
+local sessions, Batch = shared.sessions, shared.Batch
 
-local Batch = {}
 local function entry_of(b, i)
   if i < 1 or i > b.n then error("batch: no entry " .. tostring(i), 3) end
   return b.e[b.idx[i - 1]]
@@ -126,10 +132,11 @@ function Batch.tables(b)
   end
   return out
 end
-local batch_view = ffi.metatype("struct lupe_batch_view", {
+shared.view = shared.view or ffi.metatype("struct lupe_batch_view", {
   __len = function(b) return b.n end,
   __index = Batch,
 })
+local batch_view = shared.view
 
 -- A view of the aggregate: entries sampled in this interval (interval) or ever, minus
 -- what verdicts dropped when a filter or on_trace hook is set.
@@ -453,8 +460,8 @@ function M.session(opts)
                                     unwind = opts.unwind, user = opts.user,
                                     max_frames = opts.max_frames, offline = opts.offline }
   if not s then return nil, msg, errno end
-  next_session_id = next_session_id + 1
-  local self = setmetatable({ _s = s, _id = next_session_id, _traces = {}, _started = now(),
+  shared.next_id = shared.next_id + 1
+  local self = setmetatable({ _s = s, _id = shared.next_id, _traces = {}, _started = now(),
                               _hook_errors = {}, _judged = 0, _judged_entries = 0,
                               _process_listeners = {}, _tickers = {},
                               _offline = opts.offline and true or false,
