@@ -544,7 +544,7 @@ static unsigned int check_every(lua_State *L, int idx)
 	lua_Integer every = luaL_checkinteger(L, idx);
 
 	if (every < 0 || every > 1000000)
-		luaL_argerror(L, idx, "keep one sample in N: N from 1 to 1000000");
+		luaL_argerror(L, idx, "keep one sample in N: N from 1 to 1000000, or 0 (no rate)");
 	return (unsigned int)every;
 }
 

@@ -207,7 +207,8 @@ const struct lupe_proc_event *lupe_session__events(struct lupe_session *s, size_
  * "prefix*"; cgroup paths: cgroup v2 directories (each with everything below it). */
 int lupe_session__filter_comms(struct lupe_session *s, const char *const *globs, size_t n);
 int lupe_session__filter_cgroups(struct lupe_session *s, const char *const *paths, size_t n);
-/* Keep one sample in `every` (<= 1: all) of a pid, a cgroup directory, or the rest. */
+/* Keep one sample in `every` of a pid, a cgroup directory, or the rest (1: all; 0 removes
+ * a pid's or cgroup's rate, so the next one up applies). */
 int lupe_session__rate_pid(struct lupe_session *s, pid_t pid, unsigned int every);
 int lupe_session__rate_cgroup(struct lupe_session *s, const char *path, unsigned int every);
 int lupe_session__rate_default(struct lupe_session *s, unsigned int every);

@@ -1076,7 +1076,8 @@ static int set_rate(struct bpf_map *map, const void *key, unsigned int every)
 	struct lupe_rate r = { .every = every };
 	int fd = bpf_map__fd(map), err;
 
-	if (every <= 1) {
+	/* 1 is a rate too (all samples), which the default must not override. */
+	if (every == 0) {
 		err = bpf_map_delete_elem(fd, key) ? -errno : 0;
 		return err == -ENOENT ? 0 : err;
 	}
@@ -1096,7 +1097,7 @@ int lupe_tracer__rate_pid(struct lupe_tracer *t, pid_t pid, unsigned int every)
 	if (!t || pid <= 0)
 		return -EINVAL;
 	err = set_rate(t->skel->maps.rates, &key, every);
-	if (!err && every > 1)
+	if (!err && every)
 		set_bss_u32(&t->skel->bss->rates_active, 1);
 	return err;
 }
@@ -1108,7 +1109,7 @@ int lupe_tracer__rate_cgroup(struct lupe_tracer *t, __u64 cgroup_id, unsigned in
 	if (!t || !cgroup_id)
 		return -EINVAL;
 	err = set_rate(t->skel->maps.cgroup_rates, &cgroup_id, every);
-	if (!err && every > 1)
+	if (!err && every)
 		set_bss_u32(&t->skel->bss->rates_active, 1);
 	return err;
 }

@@ -140,13 +140,13 @@ int lupe_tracer__filter_comms(struct lupe_tracer *t, const char *const *globs, s
 /* Drops every sample whose task is not in one of these cgroup v2 ids or below them;
  * n == 0 turns the cgroup filter off. */
 int lupe_tracer__filter_cgroups(struct lupe_tracer *t, const __u64 *ids, size_t n);
-/* Keeps one sample in `every` of pid (every <= 1: all, which removes the pid's rate).
- * A pid's rate goes when it exits. */
+/* Keeps one sample in `every` of pid (1: all of them, whatever the default; 0 removes the
+ * pid's rate, so the cgroup's or the default applies). A pid's rate goes when it exits. */
 int lupe_tracer__rate_pid(struct lupe_tracer *t, pid_t pid, unsigned int every);
 /* The same for the tasks of a cgroup and below it (the nearest ancestor with a rate
  * applies). */
 int lupe_tracer__rate_cgroup(struct lupe_tracer *t, __u64 cgroup_id, unsigned int every);
-/* The same for every target without a pid or cgroup rate. */
+/* The same for every target without a pid or cgroup rate (0 or 1: all). */
 int lupe_tracer__rate_default(struct lupe_tracer *t, unsigned int every);
 /* Samples only during a fraction of fixed windows of period_ns: each window is open
  * with probability `fraction` (0..1), drawn from its index and seed, so the open ones

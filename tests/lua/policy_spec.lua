@@ -68,7 +68,7 @@ describe("lupe.policy", function()
     p:rates{ default = 19, pids = { [7] = 99 } }
     assert.are.equal(99, s.hz)
     local r = find(s.calls, "rate_pid")
-    assert.are.same({ "rate_pid", 42, 1 }, r[2])
+    assert.are.same({ "rate_pid", 42, 0 }, r[2])
     assert.are.same({ "rate_pid", 7, 1 }, r[3])
     assert.are.same({ "rate_default", 5 }, find(s.calls, "rate_default")[2])
     -- A frequency change recomputes every N.
@@ -108,7 +108,8 @@ describe("lupe.policy", function()
   it("wires triggers to the session's targets", function()
     local s = fake_session()
     local started = {}
-    policy.new(s):trigger{ comm = "hot", seconds = 1, on_start = function(pid) started[#started + 1] = pid end }
+    policy.new(s):trigger{ comm = "hot", seconds = 1,
+                           on_start = function(pid) started[#started + 1] = pid end }
     s.listeners[1]{ type = "exec", pid = 9, comm = "hot", ktime = 100 }
     assert.are.same({ "target_add_pid", 9, true }, s.calls[1])
     assert.are.same({ 9 }, started)

@@ -149,10 +149,10 @@ function Policy:rates(r)
   -- Targets no longer listed sample at the default again.
   if old then
     for pid in pairs(old.pids) do
-      if not self.wanted.pids[pid] then self.s._s:rate_pid(pid, 1) end
+      if not self.wanted.pids[pid] then self.s._s:rate_pid(pid, 0) end
     end
     for dir in pairs(old.cgroups) do
-      if not self.wanted.cgroups[dir] then self.s._s:rate_cgroup(dir, 1) end
+      if not self.wanted.cgroups[dir] then self.s._s:rate_cgroup(dir, 0) end
     end
   end
   self:_apply_rates()

@@ -231,6 +231,17 @@ end
 
 local EVENT_TYPES = { "exec", "exit", "fork", "sync" }
 
+-- Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup, or its unified part on a
+-- hybrid (v1 + v2) system.
+local function cgroup_root()
+  local f = io.open("/sys/fs/cgroup/cgroup.controllers")
+  if f then f:close() return "/sys/fs/cgroup" end
+  f = io.open("/sys/fs/cgroup/unified/cgroup.controllers")
+  if f then f:close() return "/sys/fs/cgroup/unified" end
+  return "/sys/fs/cgroup"
+end
+M.cgroup_root = cgroup_root
+
 -- on_process (and the policy's listeners): the process events of the last poll.
 local function deliver_events(self)
   local ptr, n = self._s:events()
@@ -466,7 +477,7 @@ function M.session(opts)
                               _process_listeners = {}, _tickers = {},
                               _offline = opts.offline and true or false,
                               _hook_timeout = timeout or nil,
-                              _cgroup_root = opts.cgroup_root or "/sys/fs/cgroup",
+                              _cgroup_root = opts.cgroup_root or cgroup_root(),
                               _stop_on_hook_error = opts.on_hook_error == "stop" }, Session)
   sessions[self._id] = self
   if not opts.offline then
