@@ -615,11 +615,14 @@ static int l_target_remove_pid(lua_State *L)
 static int l_inject(lua_State *L)
 {
 	struct lupe_session *s = check_session(L, 1);
-	/* A userdata: the argument checks below may raise, and the GC frees it then. */
-	struct lupe_sample *smp = lua_newuserdata(L, sizeof(*smp));
+	struct lupe_sample *smp;
 	size_t nu, nk = 0, i, clen;
 	const char *comm;
 
+	/* A userdata: the argument checks below may raise, and the GC frees it then. It goes
+	 * above the arguments, whose positions settop fixes. */
+	lua_settop(L, 6);
+	smp = lua_newuserdata(L, sizeof(*smp));
 	memset(smp, 0, sizeof(*smp));
 	smp->pid = smp->tid = (__u32)luaL_checkinteger(L, 2);
 	comm = luaL_checklstring(L, 3, &clen);

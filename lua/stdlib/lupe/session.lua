@@ -82,14 +82,30 @@ local function apply_target(s, target)
   error("session: target needs one of pids, command, cgroup", 3)
 end
 
--- Frames of trace idx, converted once and shared by every entry that has that trace.
+-- A frame's addr and offset arrive as 8-byte strings and become uint64_t cdata on first
+-- use: converting every frame eagerly runs the FFI from interpreted code (the loop calls
+-- the C API, which the JIT does not compile) and cost ~1 us per frame; most frames are
+-- never asked for their address.
+local frame_mt = {
+  __index = function(f, k)
+    if k == "addr" or k == "offset" then
+      local raw = rawget(f, k == "addr" and "_addr" or "_offset")
+      if raw == nil then return nil end
+      local v = from_c(raw)
+      rawset(f, k, v)
+      return v
+    end
+  end,
+}
+
+-- Frames of trace idx, made once and shared by every entry that has that trace.
 function Session:trace(idx)
   local t = self._traces[idx]
   if t then return t end
   t = self._s:trace(idx)
   for _, f in ipairs(t.frames) do
-    f.addr = from_c(f.addr)
-    if f.offset then f.offset = from_c(f.offset) end
+    f._addr, f._offset, f.addr, f.offset = f.addr, f.offset, nil, nil
+    setmetatable(f, frame_mt)
   end
   self._traces[idx] = t
   return t
