@@ -6,9 +6,9 @@
 -- that UNIQUE stacks are distinct, so conversion and symbolization are real.
 --  1. unique traces per second through on_interval and a folded writer (to /dev/null),
 --     the C side (inject + drain: convert, symbolize) and the Lua side (the hook) apart;
---  2. iterating a batch of UNIQUE aggregated entries from Lua (count, pid, trace of each),
---     JIT-compiled (hook_timeout = false) and guarded (the default: JIT off, see
---     lupe/session.lua);
+--  2. iterating a batch of UNIQUE aggregated entries from Lua (count, pid, trace of each)
+--     in an on_interval hook: unguarded (hook_timeout = false), guarded (the default), and
+--     with strict_hooks (the JIT off: see lupe/session.lua);
 --  3. on_trace per unique trace (including making the trace's frame table);
 --  4. the per-sample cost of repeated stacks (cache hits), with no hook, and with a
 --     filter, on_trace, on_interval and on_process defined; through s:inject, whose Lua C
@@ -122,8 +122,9 @@ do
     end
     return n, pids, tr
   end
-  for _, guard in ipairs({ false, 1 }) do
-    s._hook_timeout = guard or nil
+  for _, guard in ipairs({ false, 1, "strict" }) do
+    s._hook_timeout = guard and 1 or nil
+    s._strict_hooks = guard == "strict" or nil
     local best, entries = math.huge, 0
     for _ = 1, 5 do
       s._on_interval = function()
@@ -137,7 +138,8 @@ do
     end
     print(("2. batch of %d entries iterated in a hook (count, pid, trace): %.2f ms, " ..
       "%.1f ns/entry (%s)"):format(entries, best * 1e3, best / entries * 1e9,
-      guard and "guarded hook, the default: JIT off" or "hook_timeout = false: JIT on"))
+      guard == "strict" and "strict_hooks: JIT off" or guard and "hook_timeout = 1, the default"
+      or "hook_timeout = false"))
   end
   s:close()
 end

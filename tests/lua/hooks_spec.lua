@@ -55,8 +55,22 @@ describe("session hooks", function()
     t:close()
   end)
 
-  it("interrupts a hook that runs past hook_timeout, even a compiled loop", function()
+  it("interrupts an on_trace hook that runs past hook_timeout, even a hot loop", function()
     local t = assert(lupe.session{ offline = true, hook_timeout = 0.2 })
+    local function spin(n) local x = 0 for i = 1, n do x = x + i end return x end
+    for _ = 1, 100 do spin(1000) end
+    local calls = 0
+    t:on_trace(function() calls = calls + 1 return spin(1e15) end)
+    feed(t, { { 1, "a", { 0x1000 } } })
+    assert.are.equal(1, calls)
+    assert.are.equal(1, t:stats().hook_errors)
+    -- Interrupted hooks keep their trace.
+    assert.are.equal(1, #t:batch())
+    t:close()
+  end)
+
+  it("interrupts a batch hook past hook_timeout with strict_hooks, even a compiled loop", function()
+    local t = assert(lupe.session{ offline = true, hook_timeout = 0.2, strict_hooks = true })
     -- Warm the loop up so the JIT would have compiled it.
     local function spin(n) local x = 0 for i = 1, n do x = x + i end return x end
     for _ = 1, 100 do spin(1000) end
