@@ -124,6 +124,31 @@ t.case("on_trace judges each unique trace once; a failing hook is counted, not f
     p.stats.hook_errors, intervals)
 end)
 
+t.case("on_interval batches are views of the aggregate: their counts add up to the profile", function()
+  local bin = hot()
+  local a = spawn(bin .. " 3000")
+  local s = assert(lupe.session{ frequency = 499, target = { pids = { a } } })
+  local sum, batches, frames_ok = 0, 0, true
+  s:on_interval(0.2, function(b)
+    batches = batches + 1
+    for i = 1, #b do
+      sum = sum + b:count(i)
+      check(b:pid(i) == a, "pid %d in the batch", b:pid(i))
+      -- One frame table per unique trace, shared across batches.
+      frames_ok = frames_ok and b:frames(i) == s:trace(b:trace(i)).frames
+    end
+  end)
+  local p = s:run{ duration = 1 }
+  s:flush_interval()   -- what the last interval held
+  s:close()
+  os.execute("kill " .. a .. " 2>/dev/null")
+  local total = 0
+  for _, e in ipairs(p.entries) do total = total + e.count end
+  check(batches >= 4, "%d batches", batches)
+  check(total > 20 and sum == total, "batches held %d samples, the profile %d", sum, total)
+  check(frames_ok, "a batch's frames are not the session's trace frames")
+end)
+
 local rc = t.run_all()
 if tmp then os.execute("rm -rf " .. tmp) end
 return rc
