@@ -647,6 +647,7 @@ static int on_event(void *ctx, const struct lupe_proc_event *ev)
 {
 	struct lupe_session *s = ctx;
 	pid_t pid = (pid_t)ev->pid;
+	bool known;
 
 	switch (ev->type) {
 	case LUPE_EV_EXEC:
@@ -659,9 +660,12 @@ static int on_event(void *ctx, const struct lupe_proc_event *ev)
 		 * need no request; ~0.1 ms per process here, of which ~20 us for the
 		 * unwinder's maps. */
 		s->st.exec_events++;
-		lupe_procmgr__pid_exit(s->pm, pid, ev->ktime);
+		known = lupe_procmgr__pid_exit(s->pm, pid, ev->ktime);
 		bump_gen(s, pid);
-		if (s->unwinder && !s->system_wide)
+		/* While on_process wants every exec of the machine (report_all), only processes
+		 * the session tracks are read again: not every short-lived command. */
+		if (s->unwinder && !s->system_wide &&
+		    (known || !s->hooks || !s->hooks->want_events))
 			push_execd(s, pid);
 		break;
 	case LUPE_EV_EXIT:
