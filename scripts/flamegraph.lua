@@ -1,4 +1,4 @@
--- write an interactive SVG flame graph of a command, some processes or the system
+-- an interactive SVG flame graph of a command, some processes or the system
 --
 -- Samples for -d seconds (or until COMMAND exits, or Ctrl-C), then writes a self-contained
 -- SVG flame graph (click to zoom, search) through lupe.output.svg: one box per function

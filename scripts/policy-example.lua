@@ -1,4 +1,4 @@
--- sample the hottest processes faster than the rest (a sampling-policy example)
+-- sample the hottest processes faster than the rest (a policy example)
 --
 -- Samples the whole system; every few seconds the processes with the most samples in
 -- that interval get a high rate and every other process a low one. The rates are
