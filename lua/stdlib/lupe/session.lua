@@ -237,6 +237,9 @@ local function judge(self)
         local fine, verdict = xpcall(fn, debug.traceback, self:trace(idx + 1))
         -- A failing hook keeps the trace: losing data silently is worse than keeping it.
         if not fine then report_hook_error(self, "on_trace", verdict) end
+        -- The hook may have polled or asked for a batch, which can move the arrays.
+        local _, tv2 = self._s:verdicts()
+        tv = ffi.cast(verdict_ptr, tv2)
         tv[idx] = (fine and verdict == false) and DROP or KEEP
       end
     end)
