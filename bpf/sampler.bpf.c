@@ -34,6 +34,18 @@ const volatile __u64 events_wake_bytes = 1 << 17;
  * maps before switching to a mode that reads them. */
 volatile __u32 target_mode = LUPE_TARGET_ALL;
 
+/* Sampling policy (sampler.h), switchable while running; all off when zero. */
+volatile __u32 filter_flags;
+volatile __u32 rates_active;
+volatile __u32 default_every;
+volatile __u32 window_threshold;
+volatile __u64 window_period_ns;
+volatile __u64 window_seed;
+/* Every exec and exit is reported, not only the targets' (for on_process hooks and
+ * triggers that start sampling a command when it appears). */
+volatile __u32 report_all;
+__u64 default_seen;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 23);
@@ -98,6 +110,38 @@ struct {
 	__type(key, __u32);
 	__type(value, struct lupe_scratch);
 } scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lupe_comm_key);
+	__type(value, __u8);
+} comm_filter SEC(".maps");
+
+/* cgroup v2 id -> 1 */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u64);
+	__type(value, __u8);
+} cgroup_filter SEC(".maps");
+
+/* tgid -> rate. Sized before load (max_pids). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, struct lupe_rate);
+} rates SEC(".maps");
+
+/* cgroup v2 id -> rate */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u64);
+	__type(value, struct lupe_rate);
+} cgroup_rates SEC(".maps");
 
 #include "unwind.bpf.h"
 
@@ -190,6 +234,88 @@ static __always_inline bool is_target(__u32 tgid)
 	if (mode == LUPE_TARGET_CGROUP)
 		return cgroup_match();
 	return false;
+}
+
+/* The value of the current task's cgroup, or of its nearest ancestor, in map; NULL. */
+static __always_inline void *cgroup_lookup(void *map)
+{
+	void *v;
+	__u64 id;
+	int level;
+
+	id = bpf_get_current_cgroup_id();
+	v = bpf_map_lookup_elem(map, &id);
+	if (v)
+		return v;
+	/* From the root down: the last hit is the nearest ancestor. */
+	for (level = 0; level < LUPE_CGROUP_MAX_DEPTH; level++) {
+		void *hit;
+
+		id = bpf_get_current_ancestor_cgroup_id(level);
+		if (!id)
+			break;
+		hit = bpf_map_lookup_elem(map, &id);
+		if (hit)
+			v = hit;
+	}
+	return v;
+}
+
+/* The comm / cgroup filter pushed down from the script's filter expression. */
+static __always_inline bool filter_pass(void)
+{
+	__u32 flags = filter_flags;
+	struct lupe_comm_key key = { .prefixlen = 8 * LUPE_COMM_LEN };
+
+	if (!flags)
+		return true;
+	if (flags & LUPE_FILTER_COMM) {
+		bpf_get_current_comm(key.comm, sizeof(key.comm));
+		if (!bpf_map_lookup_elem(&comm_filter, &key))
+			return false;
+	}
+	if ((flags & LUPE_FILTER_CGROUP) && !cgroup_lookup(&cgroup_filter))
+		return false;
+	return true;
+}
+
+/* Whether the current sampling window is open (always, without windows). */
+static __always_inline bool window_open(void)
+{
+	__u64 period = window_period_ns, k;
+
+	if (!period)
+		return true;
+	k = bpf_ktime_get_ns() / period ^ window_seed;
+	/* splitmix64's finalizer: consecutive windows get unrelated draws. */
+	k ^= k >> 30;
+	k *= 0xbf58476d1ce4e5b9ULL;
+	k ^= k >> 27;
+	k *= 0x94d049bb133111ebULL;
+	k ^= k >> 31;
+	return (__u32)k <= window_threshold;
+}
+
+/* Keeps one sample in N of this target (per-target rates). */
+static __always_inline bool rate_keep(__u32 tgid)
+{
+	struct lupe_rate *r;
+	__u64 n;
+	__u32 every;
+
+	if (!rates_active)
+		return true;
+	r = bpf_map_lookup_elem(&rates, &tgid);
+	if (!r)
+		r = cgroup_lookup(&cgroup_rates);
+	if (r) {
+		every = r->every;
+		n = __sync_fetch_and_add(&r->seen, 1);
+	} else {
+		every = default_every;
+		n = __sync_fetch_and_add(&default_seen, 1);
+	}
+	return every <= 1 || n % every == 0;
 }
 
 /* Returns whether the event was submitted. */
@@ -331,6 +457,19 @@ int lupe_sample(struct bpf_perf_event_data *ctx)
 		COUNT(c, filtered);
 		return 0;
 	}
+	if (!filter_pass()) {
+		COUNT(c, filtered);
+		COUNT(c, filter_dropped);
+		return 0;
+	}
+	if (!window_open()) {
+		COUNT(c, window_skipped);
+		return 0;
+	}
+	if (!rate_keep(tgid)) {
+		COUNT(c, rate_skipped);
+		return 0;
+	}
 	sc = bpf_map_lookup_elem(&scratch, &zero);
 	if (!sc)
 		return 0;
@@ -464,7 +603,7 @@ int BPF_PROG(lupe_exec, struct task_struct *p, pid_t old_pid, struct linux_binpr
 
 	/* The agent's TLS offset belonged to the old image. */
 	bpf_map_delete_elem(&apm_procs, &tgid);
-	if (!is_target(tgid))
+	if (!report_all && !is_target(tgid))
 		return 0;
 	c = get_counters();
 	now = bpf_ktime_get_ns();
@@ -495,13 +634,14 @@ int BPF_PROG(lupe_exit, struct task_struct *p)
 	 * gone. (6.18 also passes group_dead; this works on older kernels too.) */
 	if (BPF_CORE_READ(p, signal, live.counter) != 0)
 		return 0;
-	if (is_target(tgid))
+	if (report_all || is_target(tgid))
 		emit_event(get_counters(), LUPE_EV_EXIT, tgid, p->real_parent->tgid,
 			   p->exit_code, bpf_ktime_get_ns(), p->comm);
 	/* The pid may be reused by an unrelated process: forget it. */
 	bpf_map_delete_elem(&targets, &tgid);
 	bpf_map_delete_elem(&reported, &tgid);
 	bpf_map_delete_elem(&apm_procs, &tgid);
+	bpf_map_delete_elem(&rates, &tgid);
 	if (unwind_enabled)
 		bpf_map_delete_elem(&unwind_pids, &tgid);
 	return 0;

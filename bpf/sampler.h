@@ -113,6 +113,40 @@ struct lupe_sampler_counters {
 	__u64 unwind_cache_hits; /* rule lookups the per-CPU rule cache answered */
 	/* Walks that ended in an error, by reason (LUPE_UNWIND_ERR_NO_MAPPING + i). */
 	__u64 unwind_err[LUPE_UNWIND_NERR];
+	/* Sampling policy (see "sampling policy" below). */
+	__u64 rate_skipped;     /* targets' samples skipped by their 1-in-N rate */
+	__u64 window_skipped;   /* samples outside an open sampling window */
+	__u64 filter_dropped;   /* targets dropped by the comm / cgroup filter (also in
+				 * filtered) */
+};
+
+/* ---- sampling policy: filters, rates and windows user space switches live ---------
+ *
+ * Checked after the target set, before any stack work, in this order:
+ * filter_flags:  LUPE_FILTER_COMM: the thread's comm must match comm_filter, an LPM trie
+ *                over the comm bytes (an exact comm is its bytes and the NUL, a prefix
+ *                glob 'ngin*' its 4 bytes); LUPE_FILTER_CGROUP: the task's cgroup or an
+ *                ancestor must be in cgroup_filter. Failing samples count as filtered.
+ * window:        with window_period_ns set, time is cut into windows of that length, and
+ *                window k is sampled when mix(k ^ window_seed) <= window_threshold (so a
+ *                fraction threshold / 2^32 of the windows, chosen pseudo-randomly).
+ * rates:         with rates_active, a sample is kept one time in `every`: per pid
+ *                (rates), else per cgroup or its nearest ancestor (cgroup_rates), else
+ *                default_every (0 or 1: all). The perf events run at the highest rate
+ *                wanted, so e.g. 499 Hz for one service and ~19 Hz for the rest is a
+ *                499 Hz sampler keeping 1 in 26 of the others' samples. */
+#define LUPE_FILTER_COMM   0x1
+#define LUPE_FILTER_CGROUP 0x2
+
+struct lupe_comm_key {
+	__u32 prefixlen;        /* in bits */
+	char comm[LUPE_COMM_LEN];
+};
+
+struct lupe_rate {
+	__u32 every;            /* keep one sample in every (>= 1) */
+	__u32 _pad;
+	__u64 seen;             /* samples of this target so far (BPF counts) */
 };
 
 /* ---- native unwinding: the maps user space fills (runtime/stackdeltas.c) ------------

@@ -3,11 +3,13 @@
 #include "log.h"
 #include "lua_util.h"
 #include "session.h"
+#include "tracer.h"
 
 #include <linux/types.h>
 #include "sampler.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <stdlib.h>
@@ -54,6 +56,16 @@ static int l_new(lua_State *L)
 		lua_getfield(L, 1, "unwind");
 		opts.no_unwind = !lua_isnil(L, -1) && !lua_toboolean(L, -1);
 		lua_pop(L, 4);
+		lua_getfield(L, 1, "user");
+		opts.no_user = !lua_isnil(L, -1) && !lua_toboolean(L, -1);
+		lua_getfield(L, 1, "max_frames");
+		opts.max_frames = lua_isnil(L, -1) ? 0 : (unsigned int)luaL_checkinteger(L, -1);
+		if (opts.max_frames > LUPE_MAX_FRAMES)
+			return luaL_error(L, "max_frames: at most %d", LUPE_MAX_FRAMES);
+		/* offline: no BPF; samples come from inject() (tests, replay). */
+		lua_getfield(L, 1, "offline");
+		opts.offline = lua_toboolean(L, -1);
+		lua_pop(L, 3);
 	}
 	u = lua_newuserdata(L, sizeof(*u));
 	u->s = NULL;
@@ -384,6 +396,11 @@ static int l_stats(lua_State *L)
 	SET(unwind_errors);
 	SET(sync_requests);
 	SET(exec_syncs);
+	SET(rate_skipped);
+	SET(window_skipped);
+	SET(filter_dropped);
+	SET(bpf_map_bytes);
+	SET(proc_events_dropped);
 	{
 		/* Unwinding errors by reason, named as the error frames are. */
 		static const char *const reasons[LUPE_UNWIND_NERR] = {
@@ -431,7 +448,301 @@ static int l_stats(lua_State *L)
 	return 1;
 }
 
+/* ---- zero-copy views for lupe/session.lua -----------------------------------------------
+ * The FFI declarations of the C structs Lua reads in place, kept next to the asserts that
+ * tie them to the C headers (a drifted field fails the build, not a script). */
+static const char ffi_cdef[] =
+	"struct lupe_profile_entry { uint32_t trace; int32_t pid; char comm[16];"
+	" uint64_t count; uint64_t interval; uint64_t first_ktime, last_ktime;"
+	" const char *service; };\n"
+	"struct lupe_proc_event { uint32_t type; uint32_t pid; uint32_t ppid; int32_t exit_code;"
+	" uint64_t ktime; char comm[16]; };\n";
+
+_Static_assert(sizeof(pid_t) == 4 && sizeof(struct lupe_profile_entry) == 64 &&
+	       offsetof(struct lupe_profile_entry, pid) == 4 &&
+	       offsetof(struct lupe_profile_entry, comm) == 8 &&
+	       offsetof(struct lupe_profile_entry, count) == 24 &&
+	       offsetof(struct lupe_profile_entry, interval) == 32 &&
+	       offsetof(struct lupe_profile_entry, first_ktime) == 40 &&
+	       offsetof(struct lupe_profile_entry, last_ktime) == 48 &&
+	       offsetof(struct lupe_profile_entry, service) == 56,
+	       "ffi_cdef's struct lupe_profile_entry is out of step with session.h");
+_Static_assert(sizeof(struct lupe_proc_event) == 40 &&
+	       offsetof(struct lupe_proc_event, exit_code) == 12 &&
+	       offsetof(struct lupe_proc_event, ktime) == 16 &&
+	       offsetof(struct lupe_proc_event, comm) == 24,
+	       "ffi_cdef's struct lupe_proc_event is out of step with sampler.h");
+
+/* batch(flags) -> entries, index, n, dropped: two borrowed pointers (lightuserdata) to
+ * the entry array and the batch's index array, valid until the next batch or poll. */
+static int l_batch(lua_State *L)
+{
+	struct lupe_session *s = check_session(L, 1);
+	unsigned int flags = 0;
+	const uint32_t *idx;
+	uint64_t dropped;
+	size_t n, ne;
+	int err;
+
+	if (lua_toboolean(L, 2))
+		flags |= LUPE_BATCH_INTERVAL;
+	if (lua_toboolean(L, 3))
+		flags |= LUPE_BATCH_VERDICTS;
+	err = lupe_session__batch(s, flags, &idx, &n, &dropped);
+	if (err)
+		return lupe_push_errno(L, err, "batch");
+	lua_pushlightuserdata(L, (void *)lupe_session__entries(s, &ne));
+	lua_pushlightuserdata(L, (void *)idx);
+	lua_pushinteger(L, (lua_Integer)n);
+	lua_pushnumber(L, (lua_Number)dropped);
+	return 4;
+}
+
+/* verdicts() -> entry verdicts, trace verdicts (uint8_t arrays, lightuserdata, writable,
+ * valid until the next poll), nentries, ntraces, entries (borrowed likewise), and the
+ * session's relabel count (entry verdicts that read the service must be redone when it
+ * moves) */
+static int l_verdicts(lua_State *L)
+{
+	struct lupe_session *s = check_session(L, 1);
+	uint8_t *ev, *tv;
+	size_t ne;
+	int err = lupe_session__verdicts(s, &ev, &tv);
+
+	if (err)
+		return lupe_push_errno(L, err, "verdicts");
+	lupe_session__entries(s, &ne);
+	lua_pushlightuserdata(L, ev);
+	lua_pushlightuserdata(L, tv);
+	lua_pushinteger(L, (lua_Integer)ne);
+	lua_pushinteger(L, (lua_Integer)lupe_session__ntraces(s));
+	lua_pushlightuserdata(L, (void *)lupe_session__entries(s, &ne));
+	lua_pushnumber(L, (lua_Number)lupe_session__relabelled(s));
+	return 6;
+}
+
+static int l_want_events(lua_State *L)
+{
+	struct lupe_session *s = check_session(L, 1);
+
+	return ok_or_errno(L, lupe_session__want_events(s, lua_toboolean(L, 2)), "process events");
+}
+
+/* events() -> pointer (lightuserdata, borrowed until the next poll), n */
+static int l_events(lua_State *L)
+{
+	size_t n;
+	const struct lupe_proc_event *ev = lupe_session__events(check_session(L, 1), &n);
+
+	lua_pushlightuserdata(L, (void *)ev);
+	lua_pushinteger(L, (lua_Integer)n);
+	return 2;
+}
+
+/* A table of strings as a C array borrowing the table's strings. NULL: out of memory. */
+static const char **string_list(lua_State *L, int idx, size_t *n)
+{
+	const char **v;
+	size_t i;
+
+	luaL_checktype(L, idx, LUA_TTABLE);
+	*n = lua_objlen(L, idx);
+	v = calloc(*n ? *n : 1, sizeof(*v));
+	if (!v)
+		return NULL;
+	for (i = 0; i < *n; i++) {
+		lua_rawgeti(L, idx, (int)i + 1);
+		v[i] = lua_tostring(L, -1);
+		lua_pop(L, 1);
+		if (!v[i]) {
+			free(v);
+			luaL_argerror(L, idx, "expected strings");
+		}
+	}
+	return v;
+}
+
+static int l_filter_comms(lua_State *L)
+{
+	struct lupe_session *s = check_session(L, 1);
+	size_t n;
+	const char **v = string_list(L, 2, &n);
+	int err;
+
+	if (!v)
+		return lupe_push_errno(L, -ENOMEM, "comm filter");
+	err = lupe_session__filter_comms(s, v, n);
+	free(v);
+	return ok_or_errno(L, err, "comm filter");
+}
+
+static int l_filter_cgroups(lua_State *L)
+{
+	struct lupe_session *s = check_session(L, 1);
+	size_t n;
+	const char **v = string_list(L, 2, &n);
+	int err;
+
+	if (!v)
+		return lupe_push_errno(L, -ENOMEM, "cgroup filter");
+	err = lupe_session__filter_cgroups(s, v, n);
+	free(v);
+	return ok_or_errno(L, err, "cgroup filter");
+}
+
+static unsigned int check_every(lua_State *L, int idx)
+{
+	lua_Integer every = luaL_checkinteger(L, idx);
+
+	if (every < 0 || every > 1000000)
+		luaL_argerror(L, idx, "keep one sample in N: N from 1 to 1000000, or 0 (no rate)");
+	return (unsigned int)every;
+}
+
+static int l_rate_pid(lua_State *L)
+{
+	struct lupe_session *s = check_session(L, 1);
+	lua_Integer pid = luaL_checkinteger(L, 2);
+
+	if (pid <= 0)
+		return luaL_argerror(L, 2, "not a pid");
+	return ok_or_errno(L, lupe_session__rate_pid(s, (pid_t)pid, check_every(L, 3)), "pid rate");
+}
+
+static int l_rate_cgroup(lua_State *L)
+{
+	struct lupe_session *s = check_session(L, 1);
+	const char *path = luaL_checkstring(L, 2);
+
+	return ok_or_errno(L, lupe_session__rate_cgroup(s, path, check_every(L, 3)),
+			   lua_pushfstring(L, "cgroup rate '%s'", path));
+}
+
+static int l_rate_default(lua_State *L)
+{
+	struct lupe_session *s = check_session(L, 1);
+
+	return ok_or_errno(L, lupe_session__rate_default(s, check_every(L, 2)), "default rate");
+}
+
+/* window(period_seconds, fraction, seed): period 0 turns windows off */
+static int l_window(lua_State *L)
+{
+	struct lupe_session *s = check_session(L, 1);
+	lua_Number period = luaL_checknumber(L, 2), fraction = luaL_optnumber(L, 3, 1);
+	lua_Number seed = luaL_optnumber(L, 4, 0);
+
+	if (period < 0 || period > 3600)
+		return luaL_argerror(L, 2, "period: 0 to 3600 seconds");
+	if (!(fraction >= 0 && fraction <= 1))
+		return luaL_argerror(L, 3, "fraction: 0 to 1");
+	return ok_or_errno(L, lupe_session__window(s, (uint64_t)(period * 1e9), fraction,
+						   (uint64_t)seed), "window");
+}
+
+static int l_target_add_pid(lua_State *L)
+{
+	struct lupe_session *s = check_session(L, 1);
+	lua_Integer pid = luaL_checkinteger(L, 2);
+
+	if (pid <= 0)
+		return luaL_argerror(L, 2, "not a pid");
+	return ok_or_errno(L, lupe_session__target_add_pid(s, (pid_t)pid, lua_toboolean(L, 3)),
+			   "add target pid");
+}
+
+static int l_target_remove_pid(lua_State *L)
+{
+	struct lupe_session *s = check_session(L, 1);
+	lua_Integer pid = luaL_checkinteger(L, 2);
+
+	if (pid <= 0)
+		return luaL_argerror(L, 2, "not a pid");
+	return ok_or_errno(L, lupe_session__target_remove_pid(s, (pid_t)pid), "remove target pid");
+}
+
+/* inject(pid, comm, user_addrs [, kernel_addrs [, ktime]]): one synthetic sample into an
+ * offline session, as if BPF had sent it (tests, benchmarks). */
+static int l_inject(lua_State *L)
+{
+	struct lupe_session *s = check_session(L, 1);
+	struct lupe_sample *smp;
+	size_t nu, nk = 0, i, clen;
+	const char *comm;
+
+	/* A userdata: the argument checks below may raise, and the GC frees it then. It goes
+	 * above the arguments, whose positions settop fixes. */
+	lua_settop(L, 6);
+	smp = lua_newuserdata(L, sizeof(*smp));
+	memset(smp, 0, sizeof(*smp));
+	smp->pid = smp->tid = (__u32)luaL_checkinteger(L, 2);
+	comm = luaL_checklstring(L, 3, &clen);
+	memcpy(smp->comm, comm, clen < LUPE_COMM_LEN - 1 ? clen : LUPE_COMM_LEN - 1);
+	luaL_checktype(L, 4, LUA_TTABLE);
+	nu = lua_objlen(L, 4);
+	if (!lua_isnoneornil(L, 5)) {
+		luaL_checktype(L, 5, LUA_TTABLE);
+		nk = lua_objlen(L, 5);
+	}
+	if (nu + nk > LUPE_MAX_FRAMES)
+		return luaL_argerror(L, 4, "too many frames");
+	for (i = 0; i < nk; i++) {
+		lua_rawgeti(L, 5, (int)i + 1);
+		smp->frames[i] = lupe_check_u64(L, -1);
+		lua_pop(L, 1);
+	}
+	for (i = 0; i < nu; i++) {
+		lua_rawgeti(L, 4, (int)i + 1);
+		smp->frames[nk + i] = lupe_check_u64(L, -1);
+		lua_pop(L, 1);
+	}
+	smp->kernel_len = (__u16)nk;
+	smp->user_len = (__u16)nu;
+	smp->ktime = lua_isnoneornil(L, 6) ? 1 : lupe_check_u64(L, 6);
+	return ok_or_errno(L, lupe_session__ingest_sample(s, smp), "inject");
+}
+
+/* inject_event(type, pid, ppid, comm [, ktime]): type "exec", "exit", "fork", "new" */
+static int l_inject_event(lua_State *L)
+{
+	static const char *const types[] = { "exec", "exit", "fork", "new", NULL };
+	static const __u32 codes[] = { LUPE_EV_EXEC, LUPE_EV_EXIT, LUPE_EV_FORK, LUPE_EV_NEW_PID };
+	struct lupe_session *s = check_session(L, 1);
+	struct lupe_proc_event ev = { 0 };
+	const char *comm;
+	size_t clen;
+
+	ev.type = codes[luaL_checkoption(L, 2, NULL, types)];
+	ev.pid = (__u32)luaL_checkinteger(L, 3);
+	ev.ppid = (__u32)luaL_optinteger(L, 4, 0);
+	comm = luaL_optlstring(L, 5, "", &clen);
+	memcpy(ev.comm, comm, clen < LUPE_COMM_LEN - 1 ? clen : LUPE_COMM_LEN - 1);
+	ev.ktime = lua_isnoneornil(L, 6) ? 1 : lupe_check_u64(L, 6);
+	return ok_or_errno(L, lupe_session__ingest_event(s, &ev), "inject event");
+}
+
+static int l_window_open(lua_State *L)
+{
+	lua_pushboolean(L, lupe_tracer_window_open(lupe_check_u64(L, 1), lupe_check_u64(L, 2),
+						   luaL_checknumber(L, 3), lupe_check_u64(L, 4)));
+	return 1;
+}
+
 static const luaL_Reg session_methods[] = {
+	{ "batch", l_batch },
+	{ "verdicts", l_verdicts },
+	{ "want_events", l_want_events },
+	{ "events", l_events },
+	{ "filter_comms", l_filter_comms },
+	{ "filter_cgroups", l_filter_cgroups },
+	{ "rate_pid", l_rate_pid },
+	{ "rate_cgroup", l_rate_cgroup },
+	{ "rate_default", l_rate_default },
+	{ "window", l_window },
+	{ "target_add_pid", l_target_add_pid },
+	{ "target_remove_pid", l_target_remove_pid },
+	{ "inject", l_inject },
+	{ "inject_event", l_inject_event },
 	{ "target_system", l_target_system },
 	{ "target_pids", l_target_pids },
 	{ "target_cgroup", l_target_cgroup },
@@ -455,6 +766,7 @@ static const luaL_Reg session_funcs[] = {
 	{ "new", l_new },
 	{ "interrupted", l_interrupted },
 	{ "install_signal_handlers", l_install_signals },
+	{ "window_open", l_window_open },
 	{ NULL, NULL },
 };
 
@@ -469,5 +781,7 @@ int luaopen_lupe_session(lua_State *L)
 	lua_pop(L, 1);
 	lua_newtable(L);
 	luaL_register(L, NULL, session_funcs);
+	lua_pushstring(L, ffi_cdef);
+	lua_setfield(L, -2, "cdef");
 	return 1;
 }

@@ -92,7 +92,23 @@ struct lupe_session {
 	size_t ntally, cap_tally;
 	pid_t *relabel;
 	size_t nrelabel, cap_relabel;
+	uint64_t relabelled;            /* entries whose service name changed: verdicts redo */
+	struct session_hooks *hooks;    /* NULL until a script asks for verdicts or events */
 };
+
+/* What lupe/session.lua's hooks need (see "hooks" in session.h). */
+struct session_hooks {
+	uint8_t *entry_v, *trace_v;
+	size_t cap_entry_v, cap_trace_v;
+	uint32_t *batch;
+	size_t cap_batch;
+	bool want_events;
+	struct lupe_proc_event *events;
+	size_t nevents, cap_events;
+};
+
+static void queue_event(struct lupe_session *s, const struct lupe_proc_event *ev);
+static void hooks_free(struct session_hooks *h);
 
 static volatile sig_atomic_t interrupted;
 
@@ -677,9 +693,13 @@ static void apm_poll(struct lupe_session *s)
 		uint32_t gen = pid_gen(s, pid);
 		const char *svc = apm_service(s, pid);
 
-		for (j = 0; svc && j < s->nentries; j++)
-			if (s->entries[j].pid == pid && s->raws[j].gen == gen)
+		for (j = 0; svc && j < s->nentries; j++) {
+			if (s->entries[j].pid == pid && s->raws[j].gen == gen &&
+			    s->entries[j].service != svc) {
 				s->entries[j].service = svc;
+				s->relabelled++;
+			}
+		}
 	}
 	s->nrelabel = 0;
 	if (!s->ntally)
@@ -753,6 +773,11 @@ static void apm_free(struct lupe_session *s)
 		close(s->apm_fd);
 	free(s->tally);
 	free(s->relabel);
+}
+
+uint64_t lupe_session__relabelled(const struct lupe_session *s)
+{
+	return s->relabelled;
 }
 
 struct lupe_apm *lupe_session__apm(struct lupe_session *s)
@@ -856,6 +881,7 @@ static int on_event(void *ctx, const struct lupe_proc_event *ev)
 {
 	struct lupe_session *s = ctx;
 	pid_t pid = (pid_t)ev->pid;
+	bool known;
 
 	switch (ev->type) {
 	case LUPE_EV_EXEC:
@@ -868,9 +894,12 @@ static int on_event(void *ctx, const struct lupe_proc_event *ev)
 		 * need no request; ~0.1 ms per process here, of which ~20 us for the
 		 * unwinder's maps. */
 		s->st.exec_events++;
-		lupe_procmgr__pid_exit(s->pm, pid, ev->ktime);
+		known = lupe_procmgr__pid_exit(s->pm, pid, ev->ktime);
 		bump_gen(s, pid);
-		if (s->unwinder && !s->system_wide)
+		/* While on_process wants every exec of the machine (report_all), only processes
+		 * the session tracks are read again: not every short-lived command. */
+		if (s->unwinder && !s->system_wide &&
+		    (known || !s->hooks || !s->hooks->want_events))
 			push_execd(s, pid);
 		break;
 	case LUPE_EV_EXIT:
@@ -881,11 +910,15 @@ static int on_event(void *ctx, const struct lupe_proc_event *ev)
 		break;
 	case LUPE_EV_NEW_PID:
 		s->st.new_pid_events++;
-		sync_pid(s, pid);
+		/* on_process hears of a pid once it is synchronized ("sync"). */
+		if (sync_pid(s, pid) != 0)
+			return 0;
 		break;
 	default:
 		break;
 	}
+	if (s->hooks && s->hooks->want_events)
+		queue_event(s, ev);
 	return 0;
 }
 
@@ -1144,6 +1177,10 @@ void lupe_session__stats(struct lupe_session *s, struct lupe_session_stats *out)
 		s->st.unwind_err[i] = ts.unwind_err[i];
 		s->st.unwind_errors += ts.unwind_err[i];
 	}
+	s->st.rate_skipped = ts.rate_skipped;
+	s->st.window_skipped = ts.window_skipped;
+	s->st.filter_dropped = ts.filter_dropped;
+	s->st.bpf_map_bytes = ts.map_bytes;
 	lupe_stackdeltas__stats(s->unwinder, &s->st.deltas);
 	lupe_procmgr__stats(s->pm, &s->st.pm);
 	apm_stats(s);
@@ -1169,7 +1206,9 @@ struct lupe_session *lupe_session__new(const struct lupe_session_opts *opts)
 		  .no_kernel_stacks = OPT(opts, no_kernel, false),
 		  .ringbuf_bytes = OPT(opts, ringbuf_bytes, 0),
 		  .unwind = !OPT(opts, no_unwind, false),
-		  .unwind_budget_bytes = OPT(opts, unwind_budget_bytes, 0));
+		  .unwind_budget_bytes = OPT(opts, unwind_budget_bytes, 0),
+		  .no_user_stacks = OPT(opts, no_user, false),
+		  .unwind_max_frames = OPT(opts, max_frames, 0));
 	struct lupe_stackdelta_provider *deltas = NULL;
 	struct lupe_symbol_reporter *reporter;
 	struct lupe_ebpf_handler *ebpf, *inner;
@@ -1281,10 +1320,243 @@ void lupe_session__free(struct lupe_session *s)
 	free(s->young);
 	free(s->young_prev);
 	free(s->execd);
+	hooks_free(s->hooks);
 	while (s->strings && lupe_hashmap__next(s->strings, &pos, &k, &v))
 		free(v);
 	lupe_hashmap__free(s->strings);
 	lupe_hashmap__free(s->trace_index);
 	lupe_hashmap__free(s->gens);
 	free(s);
+}
+
+/* ---- hooks: verdicts, batches, process events ------------------------------------------ */
+
+#define MAX_QUEUED_EVENTS 65536
+
+static struct session_hooks *get_hooks(struct lupe_session *s)
+{
+	if (!s->hooks)
+		s->hooks = calloc(1, sizeof(*s->hooks));
+	return s->hooks;
+}
+
+static void hooks_free(struct session_hooks *h)
+{
+	if (!h)
+		return;
+	free(h->entry_v);
+	free(h->trace_v);
+	free(h->batch);
+	free(h->events);
+	free(h);
+}
+
+/* Grows *v (zero-filling) to hold n verdicts. */
+static int grow_verdicts(uint8_t **v, size_t *cap, size_t n)
+{
+	size_t c = *cap ? *cap : 1024;
+	uint8_t *p;
+
+	if (n <= *cap)
+		return 0;
+	while (c < n)
+		c *= 2;
+	p = realloc(*v, c);
+	if (!p)
+		return -ENOMEM;
+	memset(p + *cap, 0, c - *cap);
+	*v = p;
+	*cap = c;
+	return 0;
+}
+
+int lupe_session__verdicts(struct lupe_session *s, uint8_t **entry_v, uint8_t **trace_v)
+{
+	struct session_hooks *h = get_hooks(s);
+
+	if (!h || grow_verdicts(&h->entry_v, &h->cap_entry_v, s->nentries) ||
+	    grow_verdicts(&h->trace_v, &h->cap_trace_v, s->ntraces))
+		return -ENOMEM;
+	*entry_v = h->entry_v;
+	*trace_v = h->trace_v;
+	return 0;
+}
+
+int lupe_session__batch(struct lupe_session *s, unsigned int flags, const uint32_t **idx,
+			size_t *n, uint64_t *dropped)
+{
+	struct session_hooks *h = get_hooks(s);
+	bool interval = flags & LUPE_BATCH_INTERVAL;
+	uint64_t lost = 0;
+	size_t i, k = 0;
+
+	if (!h)
+		return -ENOMEM;
+	if (flags & LUPE_BATCH_VERDICTS) {
+		/* Entries and traces added since the caller's verdicts are undecided: kept. */
+		if (grow_verdicts(&h->entry_v, &h->cap_entry_v, s->nentries) ||
+		    grow_verdicts(&h->trace_v, &h->cap_trace_v, s->ntraces))
+			return -ENOMEM;
+	}
+	if (h->cap_batch < s->nentries) {
+		size_t c = h->cap_batch ? h->cap_batch : 1024;
+		uint32_t *p;
+
+		while (c < s->nentries)
+			c *= 2;
+		p = realloc(h->batch, c * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		h->batch = p;
+		h->cap_batch = c;
+	}
+	for (i = 0; i < s->nentries; i++) {
+		const struct lupe_profile_entry *e = &s->entries[i];
+		uint64_t c = interval ? e->interval : e->count;
+
+		if (interval && !c)
+			continue;
+		if ((flags & LUPE_BATCH_VERDICTS) &&
+		    (h->entry_v[i] == LUPE_VERDICT_DROP || h->trace_v[e->trace] == LUPE_VERDICT_DROP)) {
+			lost += c;
+			continue;
+		}
+		h->batch[k++] = (uint32_t)i;
+	}
+	*idx = h->batch;
+	*n = k;
+	if (dropped)
+		*dropped = lost;
+	return 0;
+}
+
+int lupe_session__want_events(struct lupe_session *s, bool on)
+{
+	struct session_hooks *h = get_hooks(s);
+
+	if (!h)
+		return -ENOMEM;
+	h->want_events = on;
+	h->nevents = 0;
+	return s->tracer ? lupe_tracer__report_all(s->tracer, on) : 0;
+}
+
+static void queue_event(struct lupe_session *s, const struct lupe_proc_event *ev)
+{
+	struct session_hooks *h = s->hooks;
+
+	if (h->nevents == h->cap_events) {
+		size_t c = h->cap_events ? h->cap_events * 2 : 256;
+		struct lupe_proc_event *p;
+
+		p = c <= MAX_QUEUED_EVENTS ? realloc(h->events, c * sizeof(*p)) : NULL;
+		if (!p) {
+			s->st.proc_events_dropped++;
+			return;
+		}
+		h->events = p;
+		h->cap_events = c;
+	}
+	h->events[h->nevents++] = *ev;
+}
+
+const struct lupe_proc_event *lupe_session__events(struct lupe_session *s, size_t *n)
+{
+	*n = s->hooks ? s->hooks->nevents : 0;
+	/* Taken: the next event queued reuses the array from its start. */
+	if (s->hooks)
+		s->hooks->nevents = 0;
+	return s->hooks ? s->hooks->events : NULL;
+}
+
+/* ---- sampling policy ------------------------------------------------------------------- */
+
+/* A cgroup v2 directory's id: its inode number. */
+static int cgroup_id(const char *path, uint64_t *id)
+{
+	struct stat st;
+	int err;
+
+	if (stat(path, &st) < 0) {
+		err = -errno;
+		pr_warn("cgroup '%s': %s", path, lupe_errstr(err));
+		return err;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		pr_warn("cgroup '%s': not a cgroup v2 directory", path);
+		return -ENOTDIR;
+	}
+	*id = st.st_ino;
+	return 0;
+}
+
+int lupe_session__filter_comms(struct lupe_session *s, const char *const *globs, size_t n)
+{
+	return s->tracer ? lupe_tracer__filter_comms(s->tracer, globs, n) : -EOPNOTSUPP;
+}
+
+int lupe_session__filter_cgroups(struct lupe_session *s, const char *const *paths, size_t n)
+{
+	uint64_t *ids;
+	size_t i;
+	int err = 0;
+
+	if (!s->tracer)
+		return -EOPNOTSUPP;
+	ids = calloc(n ? n : 1, sizeof(*ids));
+	if (!ids)
+		return -ENOMEM;
+	for (i = 0; !err && i < n; i++)
+		err = cgroup_id(paths[i], &ids[i]);
+	if (!err)
+		err = lupe_tracer__filter_cgroups(s->tracer, (const __u64 *)ids, n);
+	free(ids);
+	return err;
+}
+
+int lupe_session__rate_pid(struct lupe_session *s, pid_t pid, unsigned int every)
+{
+	return s->tracer ? lupe_tracer__rate_pid(s->tracer, pid, every) : -EOPNOTSUPP;
+}
+
+int lupe_session__rate_cgroup(struct lupe_session *s, const char *path, unsigned int every)
+{
+	uint64_t id;
+	int err;
+
+	if (!s->tracer)
+		return -EOPNOTSUPP;
+	err = cgroup_id(path, &id);
+	return err ? err : lupe_tracer__rate_cgroup(s->tracer, id, every);
+}
+
+int lupe_session__rate_default(struct lupe_session *s, unsigned int every)
+{
+	return s->tracer ? lupe_tracer__rate_default(s->tracer, every) : -EOPNOTSUPP;
+}
+
+int lupe_session__window(struct lupe_session *s, uint64_t period_ns, double fraction,
+			 uint64_t seed)
+{
+	return s->tracer ? lupe_tracer__window(s->tracer, period_ns, fraction, seed) : -EOPNOTSUPP;
+}
+
+int lupe_session__target_add_pid(struct lupe_session *s, pid_t pid, bool follow)
+{
+	int err;
+
+	if (!s->tracer)
+		return -EOPNOTSUPP;
+	err = follow ? lupe_tracer__follow_pid(s->tracer, pid)
+		     : lupe_tracer__target_add_pid(s->tracer, pid);
+	if (!err) {
+		s->system_wide = false;
+		sync_pid(s, pid);
+	}
+	return targeted(s, err);
+}
+
+int lupe_session__target_remove_pid(struct lupe_session *s, pid_t pid)
+{
+	return s->tracer ? lupe_tracer__target_remove_pid(s->tracer, pid) : -EOPNOTSUPP;
 }

@@ -38,6 +38,8 @@ struct lupe_session_opts {
 	 * (stack deltas from .eh_frame, in BPF). */
 	bool no_unwind;
 	size_t unwind_budget_bytes;   /* BPF memory for delta tables; 0: 64 MiB */
+	bool no_user;                 /* no user stacks */
+	unsigned int max_frames;      /* user frames the native unwinder walks; 0: all (128) */
 	size_t :0;
 };
 
@@ -155,6 +157,11 @@ struct lupe_session_stats {
 	uint64_t exec_syncs;        /* new images synchronized after an EXEC event */
 	uint64_t exec_sync_ns;      /* time spent on those */
 	struct lupe_stackdeltas_stats deltas;
+	/* Sampling policy, from BPF: skipped by per-target rates, by closed windows, and
+	 * dropped by the comm / cgroup filter pushed into BPF (also counted in filtered). */
+	uint64_t rate_skipped, window_skipped, filter_dropped;
+	uint64_t bpf_map_bytes;     /* kernel memory of the sampler's maps */
+	uint64_t proc_events_dropped; /* process events not queued for on_process: queue full */
 	unsigned int ncpus;
 	struct lupe_procmgr_stats pm;
 	/* APM correlation: BPF's reads of agents' correlation buffers; the samples aggregated
@@ -175,5 +182,61 @@ struct lupe_procmgr *lupe_session__procmgr(struct lupe_session *s);
  * were taken (one datagram, never blocking), and entries are labelled with the agent's
  * service name. Borrowed, valid while the session lives. */
 struct lupe_apm *lupe_session__apm(struct lupe_session *s);
+/* How many times an entry's service name changed after it was made (an agent found late):
+ * verdicts that read the service must be decided again when this moves. */
+uint64_t lupe_session__relabelled(const struct lupe_session *s);
+
+/* ---- hooks: verdicts, batches and process events (for lupe/session.lua) -------------
+ * Nothing here runs unless a script asks: without verdicts the batch is every entry,
+ * and process events are queued only after lupe_session__want_events(s, true). */
+
+/* Verdict values: undecided entries and traces are kept. */
+#define LUPE_VERDICT_UNDECIDED 0
+#define LUPE_VERDICT_KEEP      1
+#define LUPE_VERDICT_DROP      2
+
+/* One verdict per entry (the filter's, per (trace, pid, comm)) and one per trace (the
+ * on_trace hook's), writable by the caller: *entry_v has lupe_session__entries' n
+ * elements, *trace_v lupe_session__ntraces'. Both arrays are owned by the session and
+ * valid until the next poll or ingest. Returns 0 or -ENOMEM. */
+int lupe_session__verdicts(struct lupe_session *s, uint8_t **entry_v, uint8_t **trace_v);
+
+/* lupe_session__batch flags */
+#define LUPE_BATCH_INTERVAL 0x1   /* only entries sampled since the last interval_reset */
+#define LUPE_BATCH_VERDICTS 0x2   /* leave out entries whose entry or trace verdict drops */
+
+/* The indexes of the entries a batch holds, in entry order: *idx is owned by the
+ * session and valid until the next batch, poll or ingest; *n its length. *dropped (may
+ * be NULL) gets the samples verdicts left out (interval counts with LUPE_BATCH_INTERVAL).
+ * Returns 0 or -ENOMEM. */
+int lupe_session__batch(struct lupe_session *s, unsigned int flags, const uint32_t **idx,
+			size_t *n, uint64_t *dropped);
+
+/* Process events for on_process: LUPE_EV_EXEC, LUPE_EV_EXIT, LUPE_EV_FORK as drained, and
+ * LUPE_EV_NEW_PID once the session has synchronized the pid. Queued while wanted (and,
+ * with on, every exec and exit of the machine is reported, not only the targets'); at
+ * most 65536 between two takes, the rest counted (proc_events_dropped). */
+int lupe_session__want_events(struct lupe_session *s, bool on);
+/* Takes the events queued since the last take (borrowed, valid until the next poll or
+ * ingest, which may queue more). */
+const struct lupe_proc_event *lupe_session__events(struct lupe_session *s, size_t *n);
+
+/* ---- sampling policy, live (see bpf/sampler.h); -EOPNOTSUPP offline ----------------- */
+
+/* Filters pushed down into BPF; n == 0 turns each off. Comm globs: "literal" or
+ * "prefix*"; cgroup paths: cgroup v2 directories (each with everything below it). */
+int lupe_session__filter_comms(struct lupe_session *s, const char *const *globs, size_t n);
+int lupe_session__filter_cgroups(struct lupe_session *s, const char *const *paths, size_t n);
+/* Keep one sample in `every` of a pid, a cgroup directory, or the rest (1: all; 0 removes
+ * a pid's or cgroup's rate, so the next one up applies). */
+int lupe_session__rate_pid(struct lupe_session *s, pid_t pid, unsigned int every);
+int lupe_session__rate_cgroup(struct lupe_session *s, const char *path, unsigned int every);
+int lupe_session__rate_default(struct lupe_session *s, unsigned int every);
+/* Samples during a fraction of windows of period_ns (0: always). */
+int lupe_session__window(struct lupe_session *s, uint64_t period_ns, double fraction,
+			 uint64_t seed);
+/* Adds a pid to a pid target set (follow: and its future children), or removes one. */
+int lupe_session__target_add_pid(struct lupe_session *s, pid_t pid, bool follow);
+int lupe_session__target_remove_pid(struct lupe_session *s, pid_t pid);
 
 #endif

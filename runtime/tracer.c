@@ -445,6 +445,7 @@ struct lupe_tracer *lupe_tracer__new(const struct lupe_tracer_opts *opts)
 	if ((err = bpf_map__set_max_entries(t->skel->maps.samples, rb_bytes)) ||
 	    (err = bpf_map__set_max_entries(t->skel->maps.events, ev_bytes)) ||
 	    (err = bpf_map__set_max_entries(t->skel->maps.targets, t->max_pids)) ||
+	    (err = bpf_map__set_max_entries(t->skel->maps.rates, t->max_pids)) ||
 	    (err = bpf_map__set_max_entries(t->skel->maps.cgroups, t->max_cgroups)) ||
 	    (err = bpf_map__set_max_entries(t->skel->maps.reported, reported))) {
 		pr_warn("failed to size the sampler maps: %s", lupe_errstr(err));
@@ -784,6 +785,31 @@ static int prog_run_stats(struct lupe_tracer *t, __u64 *run_ns, __u64 *run_cnt)
 	return 0;
 }
 
+/* The kernel's own account of a map's memory: "memlock:" in its fdinfo. */
+static __u64 map_bytes(const struct lupe_tracer *t)
+{
+	struct bpf_map *m;
+	char path[64], line[128];
+	__u64 sum = 0;
+
+	bpf_object__for_each_map(m, t->skel->obj) {
+		unsigned long long v;
+		FILE *f;
+
+		if (bpf_map__fd(m) < 0)
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", bpf_map__fd(m));
+		f = fopen(path, "re");
+		if (!f)
+			continue;
+		while (fgets(line, sizeof(line), f))
+			if (sscanf(line, "memlock: %llu", &v) == 1)
+				sum += v;
+		fclose(f);
+	}
+	return sum;
+}
+
 int lupe_tracer__stats(struct lupe_tracer *t, struct lupe_tracer_stats *st)
 {
 	const size_t nfields = sizeof(struct lupe_sampler_counters) / sizeof(__u64);
@@ -834,6 +860,10 @@ int lupe_tracer__stats(struct lupe_tracer *t, struct lupe_tracer_stats *st)
 	st->sync_requests = sum.sync_requests;
 	st->unwind_cache_hits = sum.unwind_cache_hits;
 	memcpy(st->unwind_err, sum.unwind_err, sizeof(st->unwind_err));
+	st->rate_skipped = sum.rate_skipped;
+	st->window_skipped = sum.window_skipped;
+	st->filter_dropped = sum.filter_dropped;
+	st->map_bytes = map_bytes(t);
 	st->samples_read = t->samples_read;
 	st->events_read = t->events_read;
 	st->bad_records = t->bad_records;
@@ -943,6 +973,221 @@ int lupe_tracer__pause(struct lupe_tracer *t)
 int lupe_tracer__resume(struct lupe_tracer *t)
 {
 	return ioctl_all(t, PERF_EVENT_IOC_ENABLE, "enable");
+}
+
+/* ---- sampling policy ---------------------------------------------------------------- */
+
+static void set_bss_u32(volatile __u32 *p, __u32 v)
+{
+	__atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+/* Deletes every key of a map user space alone writes (any key size): always the first
+ * key, so no walk cursor goes stale. */
+static int map_clear(struct bpf_map *map)
+{
+	char key[64];
+	__u32 i, max = bpf_map__max_entries(map);
+	int fd = bpf_map__fd(map);
+
+	if (bpf_map__key_size(map) > sizeof(key))
+		return -EINVAL;
+	for (i = 0; i <= max; i++) {
+		if (bpf_map_get_next_key(fd, NULL, key))
+			return errno == ENOENT ? 0 : -errno;
+		if (bpf_map_delete_elem(fd, key) && errno != ENOENT)
+			return -errno;
+	}
+	return -EBUSY;
+}
+
+int lupe_tracer__filter_comms(struct lupe_tracer *t, const char *const *globs, size_t n)
+{
+	int fd, err;
+	size_t i;
+
+	if (!t || (n && !globs))
+		return -EINVAL;
+	if (n > bpf_map__max_entries(t->skel->maps.comm_filter))
+		return -E2BIG;
+	for (i = 0; i < n; i++) {
+		const char *star = strchr(globs[i], '*');
+		size_t len = star ? (size_t)(star - globs[i]) : strlen(globs[i]);
+
+		if ((star && star[1]) || strchr(globs[i], '?') || len >= LUPE_COMM_LEN)
+			return -EINVAL;
+	}
+	/* Off while the set changes: a half-filled set would drop samples it should keep. */
+	set_bss_u32(&t->skel->bss->filter_flags, t->skel->bss->filter_flags & ~LUPE_FILTER_COMM);
+	fd = bpf_map__fd(t->skel->maps.comm_filter);
+	err = map_clear(t->skel->maps.comm_filter);
+	for (i = 0; !err && i < n; i++) {
+		struct lupe_comm_key k = { 0 };
+		const char *star = strchr(globs[i], '*');
+		size_t len = star ? (size_t)(star - globs[i]) : strlen(globs[i]);
+		__u8 one = 1;
+
+		memcpy(k.comm, globs[i], len);
+		/* An exact comm includes its NUL: "nginx" does not match "nginx2". */
+		k.prefixlen = 8 * (__u32)(star ? len : len + 1);
+		if (bpf_map_update_elem(fd, &k, &one, BPF_ANY))
+			err = -errno;
+	}
+	if (err) {
+		pr_warn("map 'comm_filter': failed to fill: %s", lupe_errstr(err));
+		return err;
+	}
+	if (n)
+		set_bss_u32(&t->skel->bss->filter_flags,
+			    t->skel->bss->filter_flags | LUPE_FILTER_COMM);
+	return 0;
+}
+
+int lupe_tracer__filter_cgroups(struct lupe_tracer *t, const __u64 *ids, size_t n)
+{
+	int fd, err;
+	size_t i;
+
+	if (!t || (n && !ids))
+		return -EINVAL;
+	if (n > bpf_map__max_entries(t->skel->maps.cgroup_filter))
+		return -E2BIG;
+	set_bss_u32(&t->skel->bss->filter_flags, t->skel->bss->filter_flags & ~LUPE_FILTER_CGROUP);
+	fd = bpf_map__fd(t->skel->maps.cgroup_filter);
+	err = map_clear(t->skel->maps.cgroup_filter);
+	for (i = 0; !err && i < n; i++) {
+		__u8 one = 1;
+
+		if (bpf_map_update_elem(fd, &ids[i], &one, BPF_ANY))
+			err = -errno;
+	}
+	if (err) {
+		pr_warn("map 'cgroup_filter': failed to fill: %s", lupe_errstr(err));
+		return err;
+	}
+	if (n)
+		set_bss_u32(&t->skel->bss->filter_flags,
+			    t->skel->bss->filter_flags | LUPE_FILTER_CGROUP);
+	return 0;
+}
+
+static int set_rate(struct bpf_map *map, const void *key, unsigned int every)
+{
+	struct lupe_rate r = { .every = every };
+	int fd = bpf_map__fd(map), err;
+
+	/* 1 is a rate too (all samples), which the default must not override. */
+	if (every == 0) {
+		err = bpf_map_delete_elem(fd, key) ? -errno : 0;
+		return err == -ENOENT ? 0 : err;
+	}
+	err = bpf_map_update_elem(fd, key, &r, BPF_ANY) ? -errno : 0;
+	if (err == -E2BIG)
+		pr_warn("map '%s': full (%u rates)", bpf_map__name(map), bpf_map__max_entries(map));
+	else if (err)
+		pr_warn("map '%s': failed to set a rate: %s", bpf_map__name(map), lupe_errstr(err));
+	return err;
+}
+
+int lupe_tracer__rate_pid(struct lupe_tracer *t, pid_t pid, unsigned int every)
+{
+	__u32 key = pid;
+	int err;
+
+	if (!t || pid <= 0)
+		return -EINVAL;
+	err = set_rate(t->skel->maps.rates, &key, every);
+	if (!err && every)
+		set_bss_u32(&t->skel->bss->rates_active, 1);
+	return err;
+}
+
+int lupe_tracer__rate_cgroup(struct lupe_tracer *t, __u64 cgroup_id, unsigned int every)
+{
+	int err;
+
+	if (!t || !cgroup_id)
+		return -EINVAL;
+	err = set_rate(t->skel->maps.cgroup_rates, &cgroup_id, every);
+	if (!err && every)
+		set_bss_u32(&t->skel->bss->rates_active, 1);
+	return err;
+}
+
+int lupe_tracer__rate_default(struct lupe_tracer *t, unsigned int every)
+{
+	if (!t)
+		return -EINVAL;
+	set_bss_u32(&t->skel->bss->default_every, every);
+	/* Rates stay active once used: per-target entries may remain. */
+	if (every > 1)
+		set_bss_u32(&t->skel->bss->rates_active, 1);
+	return 0;
+}
+
+static __u32 window_threshold(double fraction)
+{
+	if (!(fraction > 0))
+		return 0;
+	if (fraction >= 1)
+		return UINT32_MAX;
+	return (__u32)(fraction * 4294967296.0);
+}
+
+bool lupe_tracer_window_open(__u64 now, __u64 period_ns, double fraction, __u64 seed)
+{
+	__u64 k;
+
+	if (!period_ns)
+		return true;
+	/* The same draw as window_open() in sampler.bpf.c. */
+	k = now / period_ns ^ seed;
+	k ^= k >> 30;
+	k *= 0xbf58476d1ce4e5b9ULL;
+	k ^= k >> 27;
+	k *= 0x94d049bb133111ebULL;
+	k ^= k >> 31;
+	return (__u32)k <= window_threshold(fraction) && fraction > 0;
+}
+
+int lupe_tracer__window(struct lupe_tracer *t, __u64 period_ns, double fraction, __u64 seed)
+{
+	struct sampler_bpf__bss *bss;
+
+	if (!t || fraction < 0 || fraction > 1 || fraction != fraction)
+		return -EINVAL;
+	bss = t->skel->bss;
+	/* A zero fraction closes every window: threshold 0 still opens one draw in 2^32,
+	 * so the period goes to the longest instead (never reached by a boot clock). */
+	if (period_ns && !(fraction > 0)) {
+		__atomic_store_n(&bss->window_threshold, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&bss->window_seed, seed, __ATOMIC_RELAXED);
+		__atomic_store_n(&bss->window_period_ns, UINT64_MAX, __ATOMIC_RELEASE);
+		return 0;
+	}
+	__atomic_store_n(&bss->window_threshold, window_threshold(fraction), __ATOMIC_RELAXED);
+	__atomic_store_n(&bss->window_seed, seed, __ATOMIC_RELAXED);
+	__atomic_store_n(&bss->window_period_ns, period_ns, __ATOMIC_RELEASE);
+	return 0;
+}
+
+int lupe_tracer__report_all(struct lupe_tracer *t, bool on)
+{
+	if (!t)
+		return -EINVAL;
+	set_bss_u32(&t->skel->bss->report_all, on);
+	return 0;
+}
+
+int lupe_tracer__target_remove_pid(struct lupe_tracer *t, pid_t pid)
+{
+	__u32 key = pid;
+	int err;
+
+	if (!t || pid <= 0)
+		return -EINVAL;
+	err = bpf_map_delete_elem(bpf_map__fd(t->skel->maps.targets), &key) ? -errno : 0;
+	return err == -ENOENT ? 0 : err;
 }
 
 bool lupe_tracer__unwinding(const struct lupe_tracer *t)

@@ -72,6 +72,11 @@ struct lupe_tracer_stats {
 	__u64 unwind_samples, unwind_frames, fallback_frames, unknown_pid, no_table_frames;
 	__u64 unwind_stops, sync_requests, unwind_cache_hits;
 	__u64 unwind_err[LUPE_UNWIND_NERR];    /* by reason - LUPE_UNWIND_ERR_NO_MAPPING */
+	/* Sampling policy (see sampler.h): skipped by rates, by closed windows; dropped by
+	 * the comm / cgroup filter (included in filtered). */
+	__u64 rate_skipped, window_skipped, filter_dropped;
+	/* Kernel memory of the tracer's BPF maps (the memlock each map's fdinfo reports). */
+	__u64 map_bytes;
 	/* With opts.prog_stats: the perf_event program's total run time and run count since
 	 * load (run_ns / run_cnt is the mean cost of one sample); else 0. */
 	__u64 prog_run_ns, prog_run_cnt;
@@ -124,6 +129,35 @@ unsigned int lupe_tracer__frequency(const struct lupe_tracer *t);
 /* Stops / restarts the perf events; tracepoints (process events) keep running. */
 int lupe_tracer__pause(struct lupe_tracer *t);
 int lupe_tracer__resume(struct lupe_tracer *t);
+
+/* ---- sampling policy (sampler.h), all switchable while sampling ---------------------- */
+
+/* Drops every sample whose thread comm matches none of globs[0..n): each is a literal
+ * comm ("nginx") or a prefix followed by one '*' ("ngin*"); n == 0 turns the comm
+ * filter off. Returns 0, -EINVAL (another glob shape, or longer than a comm), -E2BIG
+ * (more than 256) or another negative errno. */
+int lupe_tracer__filter_comms(struct lupe_tracer *t, const char *const *globs, size_t n);
+/* Drops every sample whose task is not in one of these cgroup v2 ids or below them;
+ * n == 0 turns the cgroup filter off. */
+int lupe_tracer__filter_cgroups(struct lupe_tracer *t, const __u64 *ids, size_t n);
+/* Keeps one sample in `every` of pid (1: all of them, whatever the default; 0 removes the
+ * pid's rate, so the cgroup's or the default applies). A pid's rate goes when it exits. */
+int lupe_tracer__rate_pid(struct lupe_tracer *t, pid_t pid, unsigned int every);
+/* The same for the tasks of a cgroup and below it (the nearest ancestor with a rate
+ * applies). */
+int lupe_tracer__rate_cgroup(struct lupe_tracer *t, __u64 cgroup_id, unsigned int every);
+/* The same for every target without a pid or cgroup rate (0 or 1: all). */
+int lupe_tracer__rate_default(struct lupe_tracer *t, unsigned int every);
+/* Samples only during a fraction of fixed windows of period_ns: each window is open
+ * with probability `fraction` (0..1), drawn from its index and seed, so the open ones
+ * are spread over time and repeatable. period_ns == 0: always sample. */
+int lupe_tracer__window(struct lupe_tracer *t, __u64 period_ns, double fraction, __u64 seed);
+/* Whether the window open at ktime now (what the sampler decides; for tests). */
+bool lupe_tracer_window_open(__u64 now, __u64 period_ns, double fraction, __u64 seed);
+/* Reports every exec and exit to user space, not only the targets' (on). */
+int lupe_tracer__report_all(struct lupe_tracer *t, bool on);
+/* Removes one pid from a pid target set (its descendants followed so far stay). */
+int lupe_tracer__target_remove_pid(struct lupe_tracer *t, pid_t pid);
 
 /* With opts.unwind: the process manager's eBPF handler over this tracer's unwinding maps
  * (runtime/stackdeltas.h), owned by the caller (give it to lupe_procmgr_opts.ebpf). One per

@@ -74,6 +74,59 @@ describe("lupe.filter", function()
     assert.is_nil(assert(filter.compile("not pid == 1")).pids())
   end)
 
+  it("pushes comm globs and cgroup directories down to BPF as necessary conditions", function()
+    local function bpf(src) return assert(filter.compile(src)).bpf() end
+    assert.are.same({ comms = { "ngin*" } }, bpf("comm ~ 'ngin*'"))
+    assert.are.same({ comms = { "nginx" } }, bpf("comm == 'nginx'"))
+    assert.are.same({ comms = { "a", "b*" } }, bpf("comm == 'a' or comm ~ 'b*'"))
+    assert.are.same({ comms = { "ngin*" }, cgroups = { "system.slice" } },
+      bpf("comm ~ 'ngin*' and cgroup ~ 'system.slice/*' and frame ~ 'x'"))
+    assert.are.same({ cgroups = { "user.slice" } }, bpf("cgroup ~ 'user.slice/user-*.slice/x'"))
+    assert.are.same({ cgroups = { "a/b" } }, bpf("cgroup == 'a/b'"))
+    assert.are.same({ pids = { 2 } }, bpf("(pid == 1 or pid == 2) and pid == 2"))
+    -- What BPF cannot tell exactly stays out: inner globs, long comms, negations, the
+    -- root cgroup, and an 'or' whose sides constrain different things.
+    assert.are.same({}, bpf("comm ~ 'a?b'"))
+    assert.are.same({}, bpf("comm ~ 'a*b'"))
+    assert.are.same({}, bpf("comm == 'sixteen-chars-xx'"))
+    assert.are.same({}, bpf("not comm ~ 'x'"))
+    assert.are.same({}, bpf("cgroup ~ '*'"))
+    assert.are.same({}, bpf("pid == 3 or comm ~ 'x'"))
+    assert.are.same({}, bpf("comm != 'x'"))
+  end)
+
+  it("keeps every pushed-down condition necessary: what BPF drops never matches", function()
+    -- An independent check over many entries: whenever the full filter matches, the
+    -- pushed-down comm globs and pid lists match too.
+    local comms = { "nginx", "ngin", "nginx2", "app", "a", "bash", "b" }
+    local srcs = { "comm ~ 'ngin*' and pid > 3", "comm == 'nginx' or comm ~ 'a*'",
+                   "(comm ~ 'b*' or comm == 'a') and not pid == 2", "pid == 2 or pid == 5" }
+    for _, src in ipairs(srcs) do
+      local f = assert(filter.compile(src))
+      local b = f.bpf()
+      for _, c in ipairs(comms) do
+        for pid = 1, 6 do
+          local e = entry(pid, c)
+          if f.match(e) then
+            if b.comms then
+              local any = false
+              for _, g in ipairs(b.comms) do
+                local lit, star = g:match("^([^*]*)(%*?)$")
+                if (star == "*" and c:sub(1, #lit) == lit) or c == lit then any = true end
+              end
+              assert.is_true(any, src .. " / " .. c)
+            end
+            if b.pids then
+              local any = false
+              for _, p in ipairs(b.pids) do any = any or p == pid end
+              assert.is_true(any, src .. " / " .. pid)
+            end
+          end
+        end
+      end
+    end
+  end)
+
   it("reports syntax errors with the column and what was expected", function()
     local f, err = filter.compile("pid == ")
     local _

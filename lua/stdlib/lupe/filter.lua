@@ -11,6 +11,9 @@
 -- local f = assert(filter.compile("comm ~ 'ngin*' and not kernel"))
 -- f.match(entry)   -- entry: {pid, comm, frames = {{name, module, kind}, ...}}
 -- f.pids()         -- a pid list BPF can enforce (every match has one of them), or nil
+-- f.bpf()          -- what BPF can enforce before any stack work: {pids = {...},
+--                  -- comms = {"nginx", "ngin*"}, cgroups = {"system.slice"}}, each a
+--                  -- necessary condition of a match (a superset), each part optional
 -- A syntax error returns nil and "filter:COL: expected X, found Y".
 local lpeg = require "lpeg"
 local ffi = require "ffi"
@@ -18,6 +21,7 @@ local ffi = require "ffi"
 local M = {}
 local P, R, S, C, Ct, Cp = lpeg.P, lpeg.R, lpeg.S, lpeg.C, lpeg.Ct, lpeg.Cp
 local ipairs, tonumber, type, concat, io_open = ipairs, tonumber, type, table.concat, io.open
+local next = next
 local setmetatable, format = setmetatable, string.format
 
 -- Tokens, compiled once: each is {kind, text, col}.
@@ -131,6 +135,72 @@ local function has_kernel(e)
   return false
 end
 
+-- ---- what BPF can enforce ---------------------------------------------------------
+-- Each node may carry bpf = {pids, comms, cgroups}: lists such that every entry the node
+-- matches has one of them (pid, thread comm glob, cgroup directory at or above its
+-- cgroup). BPF then drops what has none, and the whole expression still decides the rest.
+local COMM_LEN = 16
+
+-- A comm glob BPF can match (an LPM trie over the comm bytes): "lit" or "lit*".
+local function comm_pushable(glob_text, exact)
+  if exact then
+    return not glob_text:find("[%*%?]") and #glob_text < COMM_LEN
+  end
+  local lit = glob_text:match("^([^%*%?]*)%*?$")
+  return lit ~= nil and #lit < COMM_LEN
+end
+
+-- The deepest cgroup directory every match of the glob lies in or below; nil for the root.
+local function cgroup_dir(glob_text, exact)
+  local first = exact and #glob_text + 1 or (glob_text:find("[%*%?]") or #glob_text + 1)
+  local dir
+  if first > #glob_text then dir = glob_text
+  else dir = glob_text:sub(1, first - 1):match("^(.*)/[^/]*$") end
+  if dir then dir = dir:gsub("/+$", "") end
+  if dir == nil or dir == "" then return nil end
+  return dir
+end
+
+local function union(a, b)
+  if not (a and b) then return nil end
+  local out, seen = {}, {}
+  for _, l in ipairs({ a, b }) do
+    for _, v in ipairs(l) do
+      if not seen[v] then seen[v] = true out[#out + 1] = v end
+    end
+  end
+  return out
+end
+
+local function intersect(a, b)
+  if not a then return b end
+  if not b then return a end
+  local inb, out = {}, {}
+  for _, v in ipairs(b) do inb[v] = true end
+  for _, v in ipairs(a) do if inb[v] then out[#out + 1] = v end end
+  return out
+end
+
+local KINDS = { "pids", "comms", "cgroups" }
+
+local function bpf_or(a, b)
+  if not (a and b) then return nil end
+  local out = {}
+  for _, k in ipairs(KINDS) do out[k] = union(a[k], b[k]) end
+  return next(out) and out or nil
+end
+
+local function bpf_and(a, b)
+  if not a then return b end
+  if not b then return a end
+  local out = {}
+  -- Pids intersect exactly; for globs and directories either side's list is enough.
+  out.pids = intersect(a.pids, b.pids)
+  out.comms = a.comms or b.comms
+  out.cgroups = a.cgroups or b.cgroups
+  return out
+end
+
 -- Recursive descent over the tokens; errors carry the column and what was expected.
 local Parser = {}
 Parser.__index = Parser
@@ -163,7 +233,8 @@ function Parser:expr()
       for _, p in ipairs(l.pids) do pids[#pids + 1] = p end
       for _, p in ipairs(right.pids) do pids[#pids + 1] = p end
     end
-    left = { fn = function(e) return l.fn(e) or right.fn(e) end, pids = pids }
+    left = { fn = function(e) return l.fn(e) or right.fn(e) end, pids = pids,
+             bpf = bpf_or(l.bpf, right.bpf) }
   end
   return left
 end
@@ -172,7 +243,8 @@ function Parser:term()
   local left = self:factor()
   while self:accept("name", "and") do
     local right, l = self:factor(), left
-    left = { fn = function(e) return l.fn(e) and right.fn(e) end, pids = l.pids or right.pids }
+    left = { fn = function(e) return l.fn(e) and right.fn(e) end, pids = l.pids or right.pids,
+             bpf = bpf_and(l.bpf, right.bpf) }
   end
   return left
 end
@@ -218,7 +290,13 @@ function Parser:factor()
     v = s.text:sub(2, -2)
   end
   local node = { fn = comparison(t.text, o.text, v) }
-  if t.text == "pid" and o.text == "==" then node.pids = { v } end
+  if t.text == "pid" and o.text == "==" then node.pids = { v } node.bpf = { pids = { v } } end
+  if (o.text == "==" or o.text == "~") and t.text == "comm" and comm_pushable(v, o.text == "==") then
+    node.bpf = { comms = { v } }
+  elseif (o.text == "==" or o.text == "~") and t.text == "cgroup" then
+    local dir = cgroup_dir(v, o.text == "==")
+    if dir then node.bpf = { cgroups = { dir } } end
+  end
   return node
 end
 
@@ -244,11 +322,12 @@ function M.compile(src)
     if type(node) == "table" then return nil, node.msg end
     error(node, 0)
   end
-  local pids = node.pids
+  local pids, pushed = node.pids, node.bpf or {}
   local f = {
     source = src,
     match = node.fn,
     pids = function() return pids end,
+    bpf = function() return pushed end,
   }
   compiled[src] = f
   return f

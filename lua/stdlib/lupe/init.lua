@@ -8,11 +8,18 @@ local lazy = {
   procmgr = "lupe.procmgr",
   u64 = "lupe.u64",
   output = "lupe.output",
+  policy = "lupe.policy",
+  filter = "lupe.filter",
 }
 
 -- lupe.session{...}: see lupe/session.lua.
 function M.session(opts)
   return require("lupe.session").session(opts)
+end
+
+-- lupe.policy_of(session): the live sampling policy of a session (see lupe/policy.lua).
+function M.policy_of(session)
+  return require("lupe.policy").new(session)
 end
 
 return setmetatable(M, {
