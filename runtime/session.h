@@ -37,6 +37,9 @@ struct lupe_session_opts {
 	 * (stack deltas from .eh_frame, in BPF). */
 	bool no_unwind;
 	size_t unwind_budget_bytes;   /* BPF memory for delta tables; 0: 64 MiB */
+	/* Replay this raw recording (lupe_session__record_raw) instead of sampling: no BPF,
+	 * no privileges; lupe_session__poll then handles one recorded drain per call. */
+	const char *replay_path;
 	size_t :0;
 };
 
@@ -152,11 +155,41 @@ struct lupe_session_stats {
 	uint64_t exec_syncs;        /* new images synchronized after an EXEC event */
 	uint64_t exec_sync_ns;      /* time spent on those */
 	struct lupe_stackdeltas_stats deltas;
+	/* Raw recording and replay. */
+	uint64_t raw_bytes;         /* written to the recording so far */
+	uint64_t raw_write_errors;  /* records that could not be written */
+	uint64_t replay_errors;     /* a corrupt or truncated recording, records not applied */
 	unsigned int ncpus;
 	struct lupe_procmgr_stats pm;
 };
 void lupe_session__stats(struct lupe_session *s, struct lupe_session_stats *out);
 
 struct lupe_procmgr *lupe_session__procmgr(struct lupe_session *s);
+
+/* ---- raw recording and replay (docs/raw-format.md) ------------------------------------
+ *
+ * Recording writes, from now on, every drained sample and event, the mappings and symbols
+ * their traces needed from this host, the end of each drain with the session's clock, and
+ * what the script read between drains (counters, clock marks, the end of a run). Replaying
+ * the file with the same script gives the same aggregate, symbols, counters and clock.
+ * Write errors are counted (stats.raw_write_errors), never fatal. Returns 0 or a negative
+ * errno (-EBUSY: already recording, or a replay). */
+int lupe_session__record_raw(struct lupe_session *s, const char *path);
+/* A fact the script wants in the recording (its target, ...): returns 0 or a negative
+ * errno; nothing when not recording. Replay: the last value recorded for key (owned by the
+ * session), or NULL. */
+int lupe_session__note(struct lupe_session *s, const char *key, const char *value);
+const char *lupe_session__replay_note(struct lupe_session *s, const char *key);
+bool lupe_session__replaying(const struct lupe_session *s);
+/* The session's clock (CLOCK_MONOTONIC ns): the end of the last drain or clock mark, or
+ * the session's start. In a replay, as recorded. */
+uint64_t lupe_session__clock(const struct lupe_session *s);
+/* Sets the clock to now (replay: to the recorded mark) and returns it. */
+uint64_t lupe_session__clock_mark(struct lupe_session *s);
+/* A run loop ended (written to a recording; exit_status of a command, or -1). */
+void lupe_session__mark_stop(struct lupe_session *s, int exit_status);
+/* Replay: true once the recorded run loop ended here (its exit status in *exit_status,
+ * -1 for none) or the recording is exhausted. Always false when not replaying. */
+bool lupe_session__replay_stopped(struct lupe_session *s, int *exit_status);
 
 #endif

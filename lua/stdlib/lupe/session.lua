@@ -8,6 +8,12 @@
 --   local profile = s:run{ duration = 10 }        -- until duration, the command's exit,
 --                                                 -- or Ctrl-C (which still runs on_end)
 -- The hot path stays in C: hooks see aggregated, symbolized traces, never samples.
+--
+-- Record and replay (docs/raw-format.md): lupe.session{ raw = "F" } also writes what the
+-- session sees to F; lupe.session{ replay = "F" } runs the same script offline from F
+-- (no BPF, no privileges; target and frequency are then ignored), with the same profile,
+-- counters and clock. `lupe run --replay F SCRIPT` (package.loaded["lupe.run_options"])
+-- or the environment variable LUPE_REPLAY=F make every session of a script a replay.
 local native = require("lupe.native").session
 local u64 = require "lupe.u64"
 
@@ -119,7 +125,7 @@ function Session:filter(src)
   if not f then error(err, 2) end
   self._filter, self._verdicts = f, {}
   local pids = f.pids()
-  if pids and self._target_desc == "system" then
+  if pids and self._target_desc == "system" and not self._replay then
     local ok, msg = self._s:target_pids(pids)
     if not ok then error("filter: " .. msg, 2) end
   end
@@ -164,7 +170,7 @@ function Session:profile()
   return {
     entries = entries,
     stats = stats,
-    duration = (self._stopped or now()) - self._started,
+    duration = (self._stopped or self._s:clock_mark()) - self._started,
     frequency = self:frequency(),
     target = self._target_desc,
     exit_status = self.exit_status,
@@ -180,7 +186,8 @@ function Session:run(opts)
   -- synchronized while it most likely still runs. A drain costs microseconds.
   local poll_ms = opts.poll_ms or 10
   native.install_signal_handlers()
-  local started = now()
+  -- The session's clock, not the host's: a replay sees the recorded one.
+  local started = self._s:clock_mark()
   self._stopped = nil
   local next_interval = self._interval and started + self._interval
   while true do
@@ -189,7 +196,7 @@ function Session:run(opts)
     if duration then wait = math.min(wait, math.max(0, (started + duration - t) * 1000)) end
     local n, msg = self._s:poll(math.floor(wait))
     if not n then error("session: " .. msg, 2) end
-    t = now()
+    t = self._s:clock()
     if self._on_trace then judge_new_traces(self) end
     if self._on_interval and t >= next_interval then
       call_hook(self, "on_interval", self._on_interval, snapshot(self, true))
@@ -197,16 +204,21 @@ function Session:run(opts)
       next_interval = t + self._interval
     end
     if native.interrupted() then break end
-    if opts.stop and opts.stop() then break end
+    if self._replay then
+      -- The recorded run ended here, whatever ended it (duration, command, Ctrl-C...).
+      local stopped, status = self._s:replay_stopped()
+      if stopped then self.exit_status = status break end
+    elseif opts.stop and opts.stop() then break end
     if duration and t - started >= duration then break end
     if self.command_pid then
       local done, status = self._s:command_done()
       if done then self.exit_status = status break end
     end
   end
+  if not self._replay then self._s:mark_stop(self.exit_status) end
   -- One last drain: samples captured before the stop are not lost.
   self._s:poll(0)
-  self._stopped = now()
+  self._stopped = self._s:clock()
   local profile = self:profile()
   if self._on_end then call_hook(self, "on_end", self._on_end, profile) end
   return profile
@@ -218,22 +230,38 @@ end
 
 -- opts: frequency (Hz per CPU, default 99), kernel (default true), target,
 -- unwind (default true: native unwinding from .eh_frame; false: frame pointers),
--- filter_error_frames, on_hook_error ("continue", the default, or "stop").
+-- filter_error_frames, on_hook_error ("continue", the default, or "stop"),
+-- raw (write a raw recording to this file), replay (run from a raw recording instead).
 -- Returns a session, or nil, message, errno.
 function M.session(opts)
   opts = opts or {}
   if type(opts) ~= "table" then error("session: expected an options table", 2) end
+  local run_options = package.loaded["lupe.run_options"]
+  local replay = opts.replay or (type(run_options) == "table" and run_options.replay)
+                 or os.getenv("LUPE_REPLAY")
+  if replay == "" then replay = nil end
   local s, msg, errno = native.new{ frequency = opts.frequency, kernel = opts.kernel ~= false,
                                     filter_error_frames = opts.filter_error_frames,
-                                    unwind = opts.unwind }
+                                    unwind = opts.unwind, replay = replay }
   if not s then return nil, msg, errno end
-  local self = setmetatable({ _s = s, _traces = {}, _started = now(), _hook_errors = {},
-                              _trace_verdicts = {}, _judged = 0,
+  local self = setmetatable({ _s = s, _traces = {}, _hook_errors = {},
+                              _trace_verdicts = {}, _judged = 0, _replay = replay and true,
                               _stop_on_hook_error = opts.on_hook_error == "stop" }, Session)
-  local ok, emsg, eno = apply_target(self, opts.target)
-  if not ok then s:close() return nil, emsg, eno end
-  self._target_desc = opts.target or "system"
-  self._started = now()
+  if replay then
+    require("lupe.log").info("replaying %s: the target and the frequency come from the recording",
+                             replay)
+  else
+    if opts.raw then
+      local ok, emsg, eno = s:record_raw(opts.raw)
+      if not ok then s:close() return nil, emsg, eno end
+      -- Outputs name the target: a replay names the recorded one.
+      s:note("target", require("lupe.output").describe_target(opts.target))
+    end
+    local ok, emsg, eno = apply_target(self, opts.target)
+    if not ok then s:close() return nil, emsg, eno end
+  end
+  self._target_desc = replay and s:replay_note("target") or opts.target or "system"
+  self._started = s:clock()
   return self
 end
 
