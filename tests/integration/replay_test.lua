@@ -77,8 +77,8 @@ t.case("lupe record --raw: the replay writes the same folded profile and exit st
   -- The summary on stderr (counts from BPF, user-space counts) matches too, but for the
   -- process manager's own figures ("processes tracked": a replay reads no /proc).
   local function summary(s)
-    local a, b = s:match("lupe record: (%d+ samples.-unknown frames); .-(%d+ unique stacks)")
-    return a and (a .. b)
+    local counts, stacks = s:match("lupe record: (%d+ samples.-unknown frames); .-(%d+ unique stacks)")
+    return counts and (counts .. stacks)
   end
   check(summary(err) and summary(err) == summary(rerr), "summaries differ:\n%s\n%s", err, rerr)
 end)
