@@ -65,13 +65,12 @@ end
 -- stacks of 30 frames are 100 MB of text, so nothing is built per line or per frame.
 -- Frames are numbered as output.locator does (module and address), inline; stacks are
 -- frame numbers in one flat C array; each distinct frame's text (";" .. label) is made
--- once; lines are copied piece by piece into a C buffer that goes out in 1 MiB writes.
+-- once; lines are copied piece by piece into a 64 KiB C buffer (fwrite for a Lua file).
 local ffi = require "ffi"
 local format, type, tonumber, iotype = string.format, type, tonumber, io.type
 local new_table = require "table.new"
-ffi.cdef [[
-size_t fwrite(const void *ptr, size_t size, size_t n, void *stream);
-]]
+-- pcall: another module may have declared fwrite already (a redeclaration raises).
+pcall(ffi.cdef, "size_t fwrite(const void *ptr, size_t size, size_t n, void *stream);")
 local BUFSZ = 65536
 local TWO53 = 0x20000000000000ULL
 
