@@ -6,8 +6,10 @@
 -- 1 in 5 stacks ending in 6 kernel frames (kernel addresses), 1 in 50 native frames
 -- without a symbol, 300 processes of 25 commands, skewed counts. Frame tables are shared
 -- between stacks here (a session's are not): no format may key anything on a frame
--- table's identity, so this changes memory, not the work. Each format writes to
--- /dev/null through a byte-counting file object (pprof compresses in memory first).
+-- table's identity, so this changes memory, not the work. Each format writes to a real Lua
+-- file, as lupe record gives it one, in /dev/shm (tmpfs: no disk; the file's size is the
+-- output size; it is removed after), or without /dev/shm to /dev/null through a
+-- byte-counting object (pprof compresses in memory first).
 -- Figures: wall and CPU seconds of the write; "Lua heap +" is the growth of
 -- collectgarbage("count") across it (what the format held or had not yet collected at its
 -- end; the collector runs as usual); "peak RSS" is VmHWM after the write, reset before it
@@ -154,7 +156,7 @@ if not quiet then
          collectgarbage("count") / 1024, (status_kb("VmRSS") or 0) / 1024))
 end
 
--- Counts bytes and passes them on to /dev/null.
+-- Counts bytes and passes them on to /dev/null, where /dev/shm is missing.
 local devnull = assert(io.open("/dev/null", "wb"))
 local sink = { bytes = 0 }
 function sink:write(...)
@@ -171,11 +173,19 @@ local function measure(name)
     io.stderr:write("note: cannot reset VmHWM (/proc/self/clear_refs): peak RSS is the process's\n")
   end
   local base_rss = status_kb("VmRSS") or 0
+  local path = ("/dev/shm/lupe-formats-bench-%s.out"):format(name)
+  local fh = io.open(path, "wb") or sink
   local heap0 = collectgarbage("count")
   sink.bytes = 0
   local t, c = now(), os.clock()
-  mod.write(profile, sink, {})
+  mod.write(profile, fh, {})
+  if fh ~= sink then fh:flush() end
   local dt, dc = now() - t, os.clock() - c
+  if fh ~= sink then
+    sink.bytes = fh:seek("end")
+    fh:close()
+    os.remove(path)
+  end
   local heap = collectgarbage("count") - heap0
   local hwm = status_kb("VmHWM") or 0
   return dt, dc, sink.bytes, heap / 1024, base_rss / 1024, hwm / 1024

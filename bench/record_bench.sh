@@ -210,8 +210,8 @@ local s = assert(lupe.session{ frequency = tonumber(arg[1]), target = { command 
 local t_ready, t_first = rt(), nil
 s:on_interval(0.001, function(batch)
   if t_first then return end
-  for _, e in ipairs(batch) do
-    if e.pid == s.command_pid then t_first = rt() return end
+  for i = 1, #batch do
+    if batch:pid(i) == s.command_pid then t_first = rt() return end
   end
 end)
 s:run{ poll_ms = 1, stop = function() return t_first ~= nil end }

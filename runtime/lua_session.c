@@ -66,6 +66,10 @@ static int l_new(lua_State *L)
 		lua_getfield(L, 1, "offline");
 		opts.offline = lua_toboolean(L, -1);
 		lua_pop(L, 3);
+		/* replay = FILE: a raw recording instead of BPF (kept on the stack until
+		 * lupe_session__new has opened it). */
+		lua_getfield(L, 1, "replay");
+		opts.replay_path = lua_isnil(L, -1) ? NULL : luaL_checkstring(L, -1);
 	}
 	u = lua_newuserdata(L, sizeof(*u));
 	u->s = NULL;
@@ -73,7 +77,8 @@ static int l_new(lua_State *L)
 	lua_setmetatable(L, -2);
 	u->s = lupe_session__new(&opts);
 	if (!u->s)
-		return lupe_push_errno(L, errno, "cannot start sampling");
+		return lupe_push_errno(L, errno, opts.replay_path ? "cannot replay the recording"
+								  : "cannot start sampling");
 	return 1;
 }
 
@@ -401,6 +406,9 @@ static int l_stats(lua_State *L)
 	SET(filter_dropped);
 	SET(bpf_map_bytes);
 	SET(proc_events_dropped);
+	SET(raw_bytes);
+	SET(raw_write_errors);
+	SET(replay_errors);
 	{
 		/* Unwinding errors by reason, named as the error frames are. */
 		static const char *const reasons[LUPE_UNWIND_NERR] = {
@@ -728,6 +736,72 @@ static int l_window_open(lua_State *L)
 	return 1;
 }
 
+/* Raw recording and replay (session.h). */
+static int l_record_raw(lua_State *L)
+{
+	struct lupe_session *s = check_session(L, 1);
+	const char *path = luaL_checkstring(L, 2);
+
+	return ok_or_errno(L, lupe_session__record_raw(s, path),
+			   lua_pushfstring(L, "cannot record to '%s'", path));
+}
+
+static int l_note(lua_State *L)
+{
+	struct lupe_session *s = check_session(L, 1);
+
+	return ok_or_errno(L, lupe_session__note(s, luaL_checkstring(L, 2), luaL_checkstring(L, 3)),
+			   "raw recording note");
+}
+
+static int l_replay_note(lua_State *L)
+{
+	const char *v = lupe_session__replay_note(check_session(L, 1), luaL_checkstring(L, 2));
+
+	if (!v)
+		return 0;
+	lua_pushstring(L, v);
+	return 1;
+}
+
+static int l_replaying(lua_State *L)
+{
+	lua_pushboolean(L, lupe_session__replaying(check_session(L, 1)));
+	return 1;
+}
+
+/* The session's clock in seconds (a double keeps nanoseconds for ~100 days of uptime). */
+static int l_clock(lua_State *L)
+{
+	lua_pushnumber(L, (lua_Number)lupe_session__clock(check_session(L, 1)) / 1e9);
+	return 1;
+}
+
+static int l_clock_mark(lua_State *L)
+{
+	lua_pushnumber(L, (lua_Number)lupe_session__clock_mark(check_session(L, 1)) / 1e9);
+	return 1;
+}
+
+static int l_mark_stop(lua_State *L)
+{
+	lupe_session__mark_stop(check_session(L, 1), (int)luaL_optinteger(L, 2, -1));
+	return 0;
+}
+
+/* stopped, exit status (nil for none) */
+static int l_replay_stopped(lua_State *L)
+{
+	int status = -1;
+	bool stopped = lupe_session__replay_stopped(check_session(L, 1), &status);
+
+	lua_pushboolean(L, stopped);
+	if (!stopped || status < 0)
+		return 1;
+	lua_pushinteger(L, status);
+	return 2;
+}
+
 static const luaL_Reg session_methods[] = {
 	{ "batch", l_batch },
 	{ "verdicts", l_verdicts },
@@ -743,6 +817,14 @@ static const luaL_Reg session_methods[] = {
 	{ "target_remove_pid", l_target_remove_pid },
 	{ "inject", l_inject },
 	{ "inject_event", l_inject_event },
+	{ "record_raw", l_record_raw },
+	{ "replaying", l_replaying },
+	{ "note", l_note },
+	{ "replay_note", l_replay_note },
+	{ "clock", l_clock },
+	{ "clock_mark", l_clock_mark },
+	{ "mark_stop", l_mark_stop },
+	{ "replay_stopped", l_replay_stopped },
 	{ "target_system", l_target_system },
 	{ "target_pids", l_target_pids },
 	{ "target_cgroup", l_target_cgroup },

@@ -4,6 +4,7 @@
 #include "ehframe.h"
 #include "hashmap.h"
 #include "log.h"
+#include "rawfile.h"
 #include "symcache.h"
 #include "tracer.h"
 #include "unwind.h"
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -94,6 +96,27 @@ struct lupe_session {
 	size_t nrelabel, cap_relabel;
 	uint64_t relabelled;            /* entries whose service name changed: verdicts redo */
 	struct session_hooks *hooks;    /* NULL until a script asks for verdicts or events */
+	/* The session's clock: ktime after the last drain or clock mark (replay: as recorded). */
+	uint64_t clock;
+	/* Raw recording (lupe_session__record_raw): what was written once already. */
+	struct lupe_rawfile_writer *raw;
+	struct lupe_hashmap *raw_maps;      /* {pid << 32 | gen, vaddr} -> host file ID */
+	struct lupe_hashmap *raw_syms;      /* {host, addr} -> 1 */
+	struct lupe_hashmap *raw_ksyms;     /* {addr, 0} -> 1 */
+	struct lupe_hashmap *raw_files;     /* {host, 0} -> 1 */
+	bool raw_kready;
+	/* Replay (opts.replay_path): the recording, one record read ahead, and what it told. */
+	struct lupe_rawfile_reader *rp;
+	struct lupe_raw_record *rp_rec;
+	bool rp_have, rp_done, rp_stopped, rp_kready;
+	int rp_exit_status;
+	struct lupe_hashmap *rp_maps;       /* {pid << 32 | gen, 0} -> struct rp_mappings */
+	struct lupe_hashmap *rp_syms;       /* {host, addr} -> struct rp_sym */
+	struct lupe_hashmap *rp_ksyms;      /* {addr, 0} -> struct rp_sym */
+	struct lupe_hashmap *rp_files;      /* {host, 0} -> interned path */
+	uint32_t rp_frequency, rp_ncpus;
+	uint64_t rp_counters[LUPE_RAW_NSTATS];
+	struct lupe_hashmap *rp_notes;      /* {fnv64(key), len} -> struct rp_note */
 };
 
 /* What lupe/session.lua's hooks need (see "hooks" in session.h). */
@@ -109,6 +132,23 @@ struct session_hooks {
 
 static void queue_event(struct lupe_session *s, const struct lupe_proc_event *ev);
 static void hooks_free(struct session_hooks *h);
+
+struct rp_note {
+	const char *key, *value;            /* interned */
+};
+
+struct rp_mappings {
+	size_t n, cap;
+	struct lupe_mapping m[];
+};
+
+struct rp_sym {
+	const char *name, *module;          /* interned, or NULL */
+	uint64_t offset;
+};
+
+struct lupe_tracer_stats;
+static void raw_stats(struct lupe_session *s, struct lupe_tracer_stats *ts);
 
 static volatile sig_atomic_t interrupted;
 
@@ -224,6 +264,131 @@ static int kernel_file_id(struct lupe_file_id *id)
 	return 0;
 }
 
+/* ---- raw recording and replay: lookups ----------------------------------------------------
+ *
+ * Recording writes every answer a trace's conversion and symbolization got from this host
+ * (mappings, symbols, paths) the first time it is used; replay answers the same questions
+ * from those records instead of the host. */
+
+static void raw_write(struct lupe_session *s, const struct lupe_raw_record *r)
+{
+	if (s->raw && lupe_rawfile_writer__write(s->raw, r))
+		s->st.raw_write_errors++;
+}
+
+/* Writes r unless key was written before in seen (where ENOMEM only means a duplicate). */
+static void raw_write_once(struct lupe_session *s, struct lupe_hashmap *seen, struct lupe_key k,
+			   void *v, const struct lupe_raw_record *r)
+{
+	if (lupe_hashmap__get(seen, k) == v)
+		return;
+	lupe_hashmap__set(seen, k, v, NULL);
+	raw_write(s, r);
+}
+
+/* The mapping of pid covering addr at ktime: the manager's (recorded), or the replay's. */
+static int find_mapping(struct lupe_session *s, pid_t pid, uint32_t gen, uint64_t addr,
+			uint64_t ktime, struct lupe_mapping *m)
+{
+	struct lupe_key k = { (uint64_t)(uint32_t)pid << 32 | gen, 0 };
+	struct rp_mappings *pm;
+	size_t i;
+	int err;
+
+	if (s->rp) {
+		pm = lupe_hashmap__get(s->rp_maps, k);
+		/* The newest first: a region mapped again replaces the old one. */
+		for (i = pm ? pm->n : 0; i-- > 0;) {
+			if (addr >= pm->m[i].vaddr && addr - pm->m[i].vaddr < pm->m[i].length) {
+				*m = pm->m[i];
+				return 0;
+			}
+		}
+		return -ENOENT;
+	}
+	err = lupe_procmgr__find_mapping(s->pm, pid, addr, ktime, m, NULL, 0);
+	if (!err && s->raw) {
+		struct lupe_raw_record r = { .type = LUPE_RAW_MAPPING };
+
+		r.mapping.pid = (uint32_t)pid;
+		r.mapping.gen = gen;
+		r.mapping.vaddr = m->vaddr;
+		r.mapping.length = m->length;
+		r.mapping.bias = m->bias;
+		r.mapping.file_offset = m->file_offset;
+		r.mapping.host = lupe_file_id_host(m->file_id);
+		r.mapping.file_id = m->file_id;
+		k.b = m->vaddr;
+		raw_write_once(s, s->raw_maps, k, (void *)(uintptr_t)(r.mapping.host | 1), &r);
+	}
+	return err;
+}
+
+static const char *sym_native(struct lupe_session *s, uint64_t host, uint64_t addr, uint64_t *offset)
+{
+	struct lupe_key k = { host, addr };
+	struct lupe_raw_record r = { .type = LUPE_RAW_SYMBOL };
+	const char *name;
+
+	if (s->rp) {
+		struct rp_sym *y = lupe_hashmap__get(s->rp_syms, k);
+
+		*offset = y ? y->offset : 0;
+		return y ? y->name : NULL;
+	}
+	name = lupe_symcache__native(s->syms, host, addr, offset);
+	if (s->raw) {
+		r.symbol.host = host;
+		r.symbol.addr = addr;
+		r.symbol.offset = name ? *offset : 0;
+		r.symbol.name = name;
+		raw_write_once(s, s->raw_syms, k, (void *)1, &r);
+	}
+	return name;
+}
+
+static const char *sym_path(struct lupe_session *s, uint64_t host)
+{
+	struct lupe_key k = { host, 0 };
+	struct lupe_raw_record r = { .type = LUPE_RAW_FILE };
+	const char *path;
+
+	if (s->rp)
+		return lupe_hashmap__get(s->rp_files, k);
+	path = lupe_symcache__path(s->syms, host);
+	if (s->raw) {
+		r.file.host = host;
+		r.file.path = path;
+		raw_write_once(s, s->raw_files, k, (void *)1, &r);
+	}
+	return path;
+}
+
+static const char *sym_kernel(struct lupe_session *s, uint64_t addr, uint64_t *offset,
+			      const char **module)
+{
+	struct lupe_key k = { addr, 0 };
+	struct lupe_raw_record r = { .type = LUPE_RAW_KSYMBOL };
+	const char *name;
+
+	if (s->rp) {
+		struct rp_sym *y = lupe_hashmap__get(s->rp_ksyms, k);
+
+		*offset = y ? y->offset : 0;
+		*module = y ? y->module : NULL;
+		return y ? y->name : NULL;
+	}
+	name = lupe_symcache__kernel(s->syms, addr, offset, module);
+	if (s->raw) {
+		r.ksymbol.addr = addr;
+		r.ksymbol.offset = name ? *offset : 0;
+		r.ksymbol.name = name;
+		r.ksymbol.module = *module;
+		raw_write_once(s, s->raw_ksyms, k, (void *)1, &r);
+	}
+	return name;
+}
+
 /* ---- symbolization of a new trace ------------------------------------------------------ */
 
 static const char *reason_str(uint64_t code)
@@ -266,13 +431,13 @@ static int symbolize(struct lupe_session *s, const struct lupe_trace *t, struct 
 			o->kind = LUPE_SYM_KERNEL;
 			if (!with_kernel)
 				continue;
-			name = lupe_symcache__kernel(s->syms, f->addr_or_line, &o->offset, &module);
+			name = sym_kernel(s, f->addr_or_line, &o->offset, &module);
 			o->module = intern(s, module ? module : "[kernel]");
 		} else if (kind == LUPE_FRAME_NATIVE && !unknown_file) {
 			o->kind = LUPE_SYM_NATIVE;
-			name = lupe_symcache__native(s->syms, lupe_file_id_host(f->file_id),
-						     f->addr_or_line, &o->offset);
-			path = lupe_symcache__path(s->syms, lupe_file_id_host(f->file_id));
+			name = sym_native(s, lupe_file_id_host(f->file_id), f->addr_or_line,
+					  &o->offset);
+			path = sym_path(s, lupe_file_id_host(f->file_id));
 			o->module = path ? intern(s, basename_of(path)) : NULL;
 			if (!name)
 				s->st.symbol_misses++;
@@ -349,8 +514,15 @@ static bool has_kernel_frames(const struct lupe_trace *t)
  * trace that cannot get memory for its frames keeps none, and is counted. */
 static void symbolize_pending(struct lupe_session *s, bool wait)
 {
-	bool kready = wait || lupe_symcache__kernel_ready(s->syms);
+	bool kready = wait || (s->rp ? s->rp_kready : lupe_symcache__kernel_ready(s->syms));
 	size_t i;
+
+	if (kready && !wait && s->raw && !s->raw_kready) {
+		struct lupe_raw_record r = { .type = LUPE_RAW_KREADY };
+
+		s->raw_kready = true;
+		raw_write(s, &r);
+	}
 
 	for (; s->nsymbolized < s->ntraces; s->nsymbolized++) {
 		struct lupe_sym_trace *t = &s->traces[s->nsymbolized];
@@ -415,6 +587,8 @@ static int sync_pid(struct lupe_session *s, pid_t pid)
 	uint64_t t0 = lupe_ktime_now();
 	int err;
 
+	if (s->rp)
+		return 0;   /* a replay has no processes to read: its mappings are recorded */
 	err = lupe_procmgr__synchronize_process(s->pm, pid);
 	if (!err && s->unwinder)
 		lupe_stackdeltas__commit(s->unwinder, pid, t0);
@@ -495,11 +669,11 @@ static int new_entry(struct lupe_session *s, const struct lupe_sample *smp, uint
 		int miss;
 
 		/* A return address points after the call, possibly past the mapping's end. */
-		miss = lupe_procmgr__find_mapping(s->pm, raw.pid, i > 0 ? addr - 1 : addr,
-						  smp->ktime, &m, NULL, 0);
+		miss = find_mapping(s, raw.pid, gen, i > 0 ? addr - 1 : addr, smp->ktime, &m);
 		/* Junk return addresses (frame-pointer walks through code without frame
-		 * pointers) never resolve: read a process's maps at most once per drain. */
-		if (miss && !resynced && !synced_this_poll(s, raw.pid)) {
+		 * pointers) never resolve: read a process's maps at most once per drain.
+		 * A replay has its recorded mappings only. */
+		if (miss && !resynced && !s->rp && !synced_this_poll(s, raw.pid)) {
 			resynced = true;
 			s->st.resyncs++;
 			remember_young(s, raw.pid);
@@ -508,8 +682,8 @@ static int new_entry(struct lupe_session *s, const struct lupe_sample *smp, uint
 				pr_debug("pid %d: cannot read its mappings %llu us after the sample: %s",
 					 raw.pid, (unsigned long long)(lupe_ktime_now() - smp->ktime) / 1000,
 					 lupe_errstr(err));
-			miss = lupe_procmgr__find_mapping(s->pm, raw.pid, i > 0 ? addr - 1 : addr,
-							  smp->ktime, &m, NULL, 0);
+			miss = find_mapping(s, raw.pid, gen, i > 0 ? addr - 1 : addr, smp->ktime,
+					    &m);
 		}
 		if (miss) {
 			s->st.unknown_frames++;
@@ -617,6 +791,8 @@ static void apm_tally(struct lupe_session *s, size_t idx, const struct lupe_samp
 	size_t j;
 
 	s->st.apm_samples++;
+	if (!s->apm)    /* a replay: nobody to tell */
+		return;
 	if (s->ntally * 2 >= s->cap_tally && tally_grow(s)) {
 		s->st.apm_tally_errors++;
 		return;
@@ -932,17 +1108,241 @@ int lupe_session__ingest_event(struct lupe_session *s, const struct lupe_proc_ev
 	return on_event(s, ev);
 }
 
+/* ---- raw recording and replay: the stream -------------------------------------------------
+ *
+ * A drain's samples and events are written after the session handled them, so the
+ * mappings and symbols they needed come first; a POLL record ends each drain. Replay reads
+ * a drain up to its POLL record and handles it the same way; what the script asked between
+ * drains (stats, clock marks, symbols of traces it looked at, the end of a run) follows
+ * the POLL record and is read when replay is asked the same. */
+
+static int record_sample(void *ctx, const struct lupe_sample *smp)
+{
+	struct lupe_session *s = ctx;
+	int err = on_sample(s, smp);
+
+	if (s->raw && lupe_rawfile_writer__write_sample(s->raw, smp))
+		s->st.raw_write_errors++;
+	return err;
+}
+
+static int record_event(void *ctx, const struct lupe_proc_event *ev)
+{
+	struct lupe_session *s = ctx;
+	struct lupe_raw_record r = { .type = LUPE_RAW_EVENT };
+	int err = on_event(s, ev);
+
+	r.event = *ev;
+	raw_write(s, &r);
+	return err;
+}
+
+/* The record read ahead, or NULL at the end of the recording (or an error: logged once). */
+static const struct lupe_raw_record *rp_peek(struct lupe_session *s)
+{
+	int n;
+
+	if (s->rp_have)
+		return s->rp_rec;
+	if (s->rp_done)
+		return NULL;
+	n = lupe_rawfile_reader__next(s->rp, s->rp_rec);
+	if (n <= 0) {
+		if (n < 0) {
+			s->st.replay_errors++;
+			pr_warn("replay: %s; the replay ends there", lupe_rawfile_reader__error(s->rp));
+		}
+		s->rp_done = true;
+		return NULL;
+	}
+	s->rp_have = true;
+	return s->rp_rec;
+}
+
+static int rp_add_mapping(struct lupe_session *s, const struct lupe_raw_record *r)
+{
+	struct lupe_key k = { (uint64_t)r->mapping.pid << 32 | r->mapping.gen, 0 };
+	struct rp_mappings *pm = lupe_hashmap__get(s->rp_maps, k), *p2;
+	struct lupe_fileid_mapper *fm = lupe_procmgr__file_id_mapper(s->pm);
+
+	if (!pm || pm->n == pm->cap) {
+		size_t cap = pm ? pm->cap * 2 : 8;
+
+		p2 = realloc(pm, sizeof(*pm) + cap * sizeof(pm->m[0]));
+		if (!p2)
+			return -ENOMEM;
+		if (!pm)
+			p2->n = 0;
+		p2->cap = cap;
+		pm = p2;
+		if (lupe_hashmap__set(s->rp_maps, k, pm, NULL)) {
+			/* Still reachable only if it was there before the realloc. */
+			if (!pm->n)
+				free(pm);
+			return -ENOMEM;
+		}
+	}
+	pm->m[pm->n++] = (struct lupe_mapping){ .file_id = r->mapping.file_id,
+						.vaddr = r->mapping.vaddr,
+						.length = r->mapping.length,
+						.bias = r->mapping.bias,
+						.file_offset = r->mapping.file_offset };
+	/* Conversion finds the 128-bit ID through the manager's mapper, as live. */
+	return fm->ops->set(fm, r->mapping.host, r->mapping.file_id);
+}
+
+static int rp_add_sym(struct lupe_session *s, struct lupe_hashmap *m, struct lupe_key k,
+		      const char *name, const char *module, uint64_t offset)
+{
+	struct rp_sym *y = calloc(1, sizeof(*y)), *old = NULL;
+
+	if (!y)
+		return -ENOMEM;
+	y->offset = offset;
+	if ((name && !(y->name = intern(s, name))) || (module && !(y->module = intern(s, module))) ||
+	    lupe_hashmap__set(m, k, y, (void **)&old)) {
+		free(y);
+		return -ENOMEM;
+	}
+	free(old);
+	return 0;
+}
+
+/* Handles the record read ahead and consumes it. */
+static int rp_apply(struct lupe_session *s)
+{
+	const struct lupe_raw_record *r = s->rp_rec;
+	const char *path;
+	int i, err = 0;
+
+	s->rp_have = false;
+	switch (r->type) {
+	case LUPE_RAW_SAMPLE:
+		return on_sample(s, &r->sample);
+	case LUPE_RAW_EVENT:
+		return on_event(s, &r->event);
+	case LUPE_RAW_MAPPING:
+		return rp_add_mapping(s, r);
+	case LUPE_RAW_FILE:
+		path = r->file.path ? intern(s, r->file.path) : NULL;
+		if (r->file.path && !path)
+			return -ENOMEM;
+		if (path && lupe_hashmap__set(s->rp_files, (struct lupe_key){ r->file.host, 0 },
+					      (void *)path, NULL))
+			return -ENOMEM;
+		return 0;
+	case LUPE_RAW_SYMBOL:
+		return rp_add_sym(s, s->rp_syms, (struct lupe_key){ r->symbol.host, r->symbol.addr },
+				  r->symbol.name, NULL, r->symbol.offset);
+	case LUPE_RAW_KSYMBOL:
+		return rp_add_sym(s, s->rp_ksyms, (struct lupe_key){ r->ksymbol.addr, 0 },
+				  r->ksymbol.name, r->ksymbol.module, r->ksymbol.offset);
+	case LUPE_RAW_POLL:
+		s->clock = r->poll.ktime;
+		break;
+	case LUPE_RAW_CLOCK:
+		s->clock = r->clock.ktime;
+		break;
+	case LUPE_RAW_STATS:
+		s->rp_frequency = r->stats.frequency;
+		s->rp_ncpus = r->stats.ncpus;
+		for (i = 0; i < LUPE_RAW_NSTATS; i++)
+			s->rp_counters[i] = r->stats.counters[i];
+		break;
+	case LUPE_RAW_STOP:
+		s->rp_stopped = true;
+		s->rp_exit_status = r->stop.exit_status;
+		break;
+	case LUPE_RAW_KREADY:
+		s->rp_kready = true;
+		break;
+	case LUPE_RAW_NOTE: {
+		size_t len = strlen(r->note.key);
+		struct rp_note *nt = calloc(1, sizeof(*nt)), *old = NULL;
+
+		if (!nt || !(nt->key = intern(s, r->note.key)) ||
+		    !(nt->value = intern(s, r->note.value)) ||
+		    lupe_hashmap__set(s->rp_notes, (struct lupe_key){ fnv64(r->note.key, len), len },
+				      nt, (void **)&old)) {
+			free(nt);
+			return -ENOMEM;
+		}
+		free(old);
+		break;
+	}
+	case LUPE_RAW_END:
+		s->rp_done = true;
+		break;
+	}
+	return err;
+}
+
+/* Handles the records written between two drains that answer nothing in particular
+ * (mappings, symbols, notes). It stops at the next drain and at the answers to the
+ * script's questions (CLOCK, STATS, STOP): each is taken by the same question in replay
+ * (rp_answer), so a script that asks twice between drains gets both answers in order. */
+static void rp_absorb(struct lupe_session *s)
+{
+	const struct lupe_raw_record *r;
+
+	while (s->rp && (r = rp_peek(s)) && r->type != LUPE_RAW_SAMPLE &&
+	       r->type != LUPE_RAW_EVENT && r->type != LUPE_RAW_POLL &&
+	       r->type != LUPE_RAW_CLOCK && r->type != LUPE_RAW_STATS && r->type != LUPE_RAW_STOP)
+		if (rp_apply(s))
+			s->st.replay_errors++;
+}
+
+/* The recorded answer of this type, if it is the next one. A replay of another script may
+ * find none: the last answer holds, and the next drain reads past what was not asked. */
+static bool rp_answer(struct lupe_session *s, uint32_t type)
+{
+	const struct lupe_raw_record *r;
+
+	rp_absorb(s);
+	r = rp_peek(s);
+	if (!r || r->type != type)
+		return false;
+	rp_apply(s);
+	return true;
+}
+
+/* One recorded drain: everything up to and including its POLL record. Returns what the
+ * live drain returned, or 0 at the end of the recording. */
+static int rp_drain(struct lupe_session *s)
+{
+	const struct lupe_raw_record *r;
+	uint32_t type;
+
+	while ((r = rp_peek(s))) {
+		type = r->type;
+		if (type == LUPE_RAW_POLL) {
+			int n = (int32_t)r->poll.nrecords;
+
+			rp_apply(s);
+			return n;
+		}
+		if (rp_apply(s))
+			s->st.replay_errors++;
+	}
+	return 0;
+}
+
 int lupe_session__poll(struct lupe_session *s, int timeout_ms)
 {
-	static const struct lupe_tracer_handlers h = { .sample = on_sample, .event = on_event };
+	static const struct lupe_tracer_handlers h = { .sample = record_sample,
+						       .event = record_event };
 	uint64_t start = lupe_ktime_now();
 	int n = 0;
 
 	s->batch_min_ktime = UINT64_MAX;
-	if (s->tracer)
+	if (s->rp) {
+		n = rp_drain(s);
+		start = s->clock;
+	} else if (s->tracer) {
 		n = lupe_tracer__poll(s->tracer, timeout_ms, &h, s);
-	else if (timeout_ms > 0)
+	} else if (timeout_ms > 0) {
 		usleep((useconds_t)timeout_ms * 1000);
+	}
 	sync_execd(s);
 	resync_young(s);
 	if (s->unwinder)
@@ -956,6 +1356,16 @@ int lupe_session__poll(struct lupe_session *s, int timeout_ms)
 	lupe_procmgr__tick(s->pm, start);
 	if (s->child > 0 && !s->child_done && waitpid(s->child, &s->child_status, WNOHANG) == s->child)
 		s->child_done = true;
+	if (!s->rp) {
+		s->clock = lupe_ktime_now();
+		if (s->raw) {
+			struct lupe_raw_record r = { .type = LUPE_RAW_POLL };
+
+			r.poll.ktime = s->clock;
+			r.poll.nrecords = (uint32_t)n;
+			raw_write(s, &r);
+		}
+	}
 	return n;
 }
 
@@ -1100,6 +1510,8 @@ int lupe_session__set_frequency(struct lupe_session *s, unsigned int hz)
 
 unsigned int lupe_session__frequency(const struct lupe_session *s)
 {
+	if (s->rp)
+		return s->rp_frequency;
 	return s->tracer ? lupe_tracer__frequency(s->tracer) : 0;
 }
 
@@ -1130,6 +1542,7 @@ const struct lupe_profile_entry *lupe_session__entries(struct lupe_session *s, s
 
 const struct lupe_sym_trace *lupe_session__trace(struct lupe_session *s, uint32_t idx)
 {
+	rp_absorb(s);
 	symbolize_pending(s, true);
 	return idx < s->ntraces ? &s->traces[idx] : NULL;
 }
@@ -1154,6 +1567,7 @@ void lupe_session__stats(struct lupe_session *s, struct lupe_session_stats *out)
 
 	if (s->tracer)
 		lupe_tracer__stats(s->tracer, &ts);
+	raw_stats(s, &ts);
 	s->st.samples_seen = ts.samples_seen;
 	s->st.idle = ts.idle;
 	s->st.filtered = ts.filtered;
@@ -1184,6 +1598,7 @@ void lupe_session__stats(struct lupe_session *s, struct lupe_session_stats *out)
 	lupe_stackdeltas__stats(s->unwinder, &s->st.deltas);
 	lupe_procmgr__stats(s->pm, &s->st.pm);
 	apm_stats(s);
+	s->st.raw_bytes = lupe_rawfile_writer__bytes(s->raw);
 	*out = s->st;
 	out->bpf_bad_records += ts.bad_records;
 }
@@ -1191,6 +1606,221 @@ void lupe_session__stats(struct lupe_session *s, struct lupe_session_stats *out)
 struct lupe_procmgr *lupe_session__procmgr(struct lupe_session *s)
 {
 	return s->pm;
+}
+
+/* ---- raw recording and replay: the API ---------------------------------------------------- */
+
+/* The tracer's counters in the STATS record's order, and back. */
+#define RAW_STATS(X)                                                                        \
+	X(SAMPLES_SEEN, samples_seen) X(IDLE, idle) X(FILTERED, filtered) X(EMITTED, emitted) \
+	X(RINGBUF_FULL, ringbuf_full) X(KERNEL_STACK_ERR, kernel_stack_err)                  \
+	X(USER_STACK_ERR, user_stack_err) X(KERNEL_TRUNC, kernel_trunc)                      \
+	X(USER_TRUNC, user_trunc) X(EVENTS_EMITTED, events_emitted)                          \
+	X(EVENTS_LOST, events_lost) X(EVENTS_RATELIMITED, events_ratelimited)                \
+	X(FOLLOW_FULL, follow_full) X(SAMPLES_READ, samples_read)                            \
+	X(EVENTS_READ, events_read) X(BAD_RECORDS, bad_records)                              \
+	X(UNWIND_SAMPLES, unwind_samples) X(UNWIND_FRAMES, unwind_frames)                    \
+	X(FALLBACK_FRAMES, fallback_frames) X(UNKNOWN_PID, unknown_pid)                      \
+	X(NO_TABLE_FRAMES, no_table_frames) X(UNWIND_STOPS, unwind_stops)                    \
+	X(SYNC_REQUESTS, sync_requests) X(UNWIND_CACHE_HITS, unwind_cache_hits)              \
+	X(PROG_RUN_NS, prog_run_ns) X(PROG_RUN_CNT, prog_run_cnt)
+
+/* Live and recording: writes the tracer's counters as the script reads them. Replay:
+ * replaces them with the recorded ones. */
+static void raw_stats(struct lupe_session *s, struct lupe_tracer_stats *ts)
+{
+	struct lupe_raw_record r = { .type = LUPE_RAW_STATS };
+	int i;
+
+	if (s->rp) {
+		rp_answer(s, LUPE_RAW_STATS);
+#define FROM(NAME, field) ts->field = s->rp_counters[LUPE_RAW_ST_##NAME];
+		RAW_STATS(FROM)
+#undef FROM
+		for (i = 0; i < LUPE_UNWIND_NERR; i++)
+			ts->unwind_err[i] = s->rp_counters[LUPE_RAW_ST_UNWIND_ERR + i];
+		ts->ncpus = s->rp_ncpus;
+		return;
+	}
+	if (!s->raw)
+		return;
+#define TO(NAME, field) r.stats.counters[LUPE_RAW_ST_##NAME] = ts->field;
+	RAW_STATS(TO)
+#undef TO
+	for (i = 0; i < LUPE_UNWIND_NERR; i++)
+		r.stats.counters[LUPE_RAW_ST_UNWIND_ERR + i] = ts->unwind_err[i];
+	r.stats.frequency = lupe_session__frequency(s);
+	r.stats.ncpus = ts->ncpus;
+	raw_write(s, &r);
+}
+
+int lupe_session__record_raw(struct lupe_session *s, const char *path)
+{
+	struct lupe_raw_header h = { .start_ktime = s->clock };
+	struct lupe_fileid_mapper *fm = lupe_procmgr__file_id_mapper(s->pm);
+	struct lupe_tracer_stats ts = { 0 };
+	struct utsname u;
+	FILE *f;
+	int err;
+
+	if (s->rp || s->raw)
+		return -EBUSY;
+	s->raw_maps = lupe_hashmap__new();
+	s->raw_syms = lupe_hashmap__new();
+	s->raw_ksyms = lupe_hashmap__new();
+	s->raw_files = lupe_hashmap__new();
+	if (!s->raw_maps || !s->raw_syms || !s->raw_ksyms || !s->raw_files)
+		return -ENOMEM;
+	f = fopen(path, "we");
+	if (!f) {
+		err = -errno;
+		pr_warn("raw recording '%s': cannot create it: %s", path, lupe_errstr(err));
+		return err;
+	}
+	/* Samples arrive in bursts of a drain: write them in large blocks. */
+	setvbuf(f, NULL, _IOFBF, 1 << 20);
+	if (s->tracer)
+		lupe_tracer__stats(s->tracer, &ts);
+	h.ncpus = ts.ncpus;
+	h.frequency = lupe_session__frequency(s);
+	h.flags = (s->unwinder ? LUPE_RAW_F_UNWIND : 0);
+	fm->ops->get(fm, s->kernel_host, &h.kernel_id);
+	if (uname(&u) == 0)
+		snprintf(h.release, sizeof(h.release), "%s", u.release);
+	s->raw = lupe_rawfile_writer__new(f, &h);
+	if (!s->raw) {
+		err = -errno;
+		pr_warn("raw recording '%s': %s", path, lupe_errstr(err));
+		return err;
+	}
+	return 0;
+}
+
+int lupe_session__note(struct lupe_session *s, const char *key, const char *value)
+{
+	struct lupe_raw_record r = { .type = LUPE_RAW_NOTE };
+
+	if (!s->raw)
+		return 0;
+	r.note.key = key;
+	r.note.value = value;
+	return lupe_rawfile_writer__write(s->raw, &r);
+}
+
+const char *lupe_session__replay_note(struct lupe_session *s, const char *key)
+{
+	size_t len = strlen(key);
+	struct rp_note *nt;
+
+	if (!s->rp)
+		return NULL;
+	rp_absorb(s);
+	/* Keys hash without probing: a colliding key reads as absent. */
+	nt = lupe_hashmap__get(s->rp_notes, (struct lupe_key){ fnv64(key, len), len });
+	return nt && strcmp(nt->key, key) == 0 ? nt->value : NULL;
+}
+
+bool lupe_session__replaying(const struct lupe_session *s)
+{
+	return s->rp != NULL;
+}
+
+uint64_t lupe_session__clock(const struct lupe_session *s)
+{
+	return s->clock;
+}
+
+uint64_t lupe_session__clock_mark(struct lupe_session *s)
+{
+	struct lupe_raw_record r = { .type = LUPE_RAW_CLOCK };
+
+	if (s->rp) {
+		rp_answer(s, LUPE_RAW_CLOCK);
+		return s->clock;
+	}
+	s->clock = lupe_ktime_now();
+	r.clock.ktime = s->clock;
+	raw_write(s, &r);
+	return s->clock;
+}
+
+void lupe_session__mark_stop(struct lupe_session *s, int exit_status)
+{
+	struct lupe_raw_record r = { .type = LUPE_RAW_STOP };
+
+	r.stop.exit_status = exit_status;
+	raw_write(s, &r);
+}
+
+bool lupe_session__replay_stopped(struct lupe_session *s, int *exit_status)
+{
+	if (!s->rp)
+		return false;
+	rp_answer(s, LUPE_RAW_STOP);
+	if (s->rp_stopped) {
+		s->rp_stopped = false;
+		if (exit_status)
+			*exit_status = s->rp_exit_status;
+		return true;
+	}
+	if (exit_status)
+		*exit_status = -1;
+	return s->rp_done;
+}
+
+/* Opens the recording for __new; returns 0 or a negative errno (logged). */
+static int open_replay(struct lupe_session *s, const char *path)
+{
+	const struct lupe_raw_header *h;
+	struct lupe_fileid_mapper *fm;
+	char msg[200];
+	FILE *f;
+	int err;
+
+	s->rp_maps = lupe_hashmap__new();
+	s->rp_syms = lupe_hashmap__new();
+	s->rp_ksyms = lupe_hashmap__new();
+	s->rp_files = lupe_hashmap__new();
+	s->rp_notes = lupe_hashmap__new();
+	s->rp_rec = malloc(sizeof(*s->rp_rec));
+	if (!s->rp_maps || !s->rp_syms || !s->rp_ksyms || !s->rp_files || !s->rp_notes ||
+	    !s->rp_rec)
+		return -ENOMEM;
+	f = fopen(path, "re");
+	if (!f) {
+		err = -errno;
+		pr_warn("replay '%s': %s", path, lupe_errstr(err));
+		return err;
+	}
+	s->rp = lupe_rawfile_reader__new(f, msg, sizeof(msg));
+	if (!s->rp) {
+		err = -errno;
+		pr_warn("replay '%s': %s", path, msg);
+		return err;
+	}
+	h = lupe_rawfile_reader__header(s->rp);
+	s->clock = h->start_ktime;
+	s->rp_frequency = h->frequency;
+	s->rp_ncpus = h->ncpus;
+	/* Kernel frames carry the recorded kernel's file ID, as they did live. */
+	s->kernel_host = lupe_file_id_host(h->kernel_id);
+	fm = lupe_procmgr__file_id_mapper(s->pm);
+	if (s->kernel_host && fm->ops->set(fm, s->kernel_host, h->kernel_id))
+		return -ENOMEM;
+	pr_info("replaying '%s': recorded on kernel %s, %u CPUs at %u Hz", path, h->release,
+		h->ncpus, h->frequency);
+	return 0;
+}
+
+static void free_values(struct lupe_hashmap *m)
+{
+	size_t pos = 0;
+	struct lupe_key k;
+	void *v;
+
+	while (m && lupe_hashmap__next(m, &pos, &k, &v))
+		free(v);
+	lupe_hashmap__free(m);
 }
 
 /* ---- construction ------------------------------------------------------------------------ */
@@ -1222,14 +1852,16 @@ struct lupe_session *lupe_session__new(const struct lupe_session_opts *opts)
 	}
 	s->filter_errors = OPT(opts, filter_error_frames, false);
 	s->apm_fd = -1;
-	s->syms = lupe_symcache__new(NULL);
+	/* A replay names frames from its recording, never from this host: no symbol cache. */
+	if (!OPT(opts, replay_path, NULL) && !(s->syms = lupe_symcache__new(NULL)))
+		goto err_out;
 	s->trace_index = lupe_hashmap__new();
 	s->strings = lupe_hashmap__new();
 	s->gens = lupe_hashmap__new();
-	if (!s->syms || !s->trace_index || !s->strings || !s->gens || grow_slots(s))
+	if (!s->trace_index || !s->strings || !s->gens || grow_slots(s))
 		goto err_out;
 	/* The tracer first: with native unwinding, the manager writes its maps. */
-	if (!OPT(opts, offline, false)) {
+	if (!OPT(opts, offline, false) && !OPT(opts, replay_path, NULL)) {
 		s->tracer = lupe_tracer__new(&topts);
 		if (!s->tracer) {
 			err = -errno;
@@ -1254,8 +1886,10 @@ struct lupe_session *lupe_session__new(const struct lupe_session_opts *opts)
 			goto err_out;
 	}
 	inner = ebpf;
-	reporter = lupe_symcache__reporter(s->syms);
-	err = apm_setup(s, &ebpf, &reporter);
+	reporter = s->syms ? lupe_symcache__reporter(s->syms) : NULL;
+	/* A replay tells no agent anything: the processes it names are another machine's,
+	 * or long gone. */
+	err = OPT(opts, replay_path, NULL) ? 0 : apm_setup(s, &ebpf, &reporter);
 	if (err) {
 		if (deltas)
 			deltas->ops->free(deltas);
@@ -1274,12 +1908,18 @@ struct lupe_session *lupe_session__new(const struct lupe_session_opts *opts)
 	lupe_procmgr__set_apm(s->pm, s->apm);
 	if (deltas)
 		s->unwinder = inner;
-	if (kernel_file_id(&kid) == 0) {
+	if (OPT(opts, replay_path, NULL)) {
+		err = open_replay(s, opts->replay_path);
+		if (err)
+			goto err_out;
+	} else if (kernel_file_id(&kid) == 0) {
 		struct lupe_fileid_mapper *m = lupe_procmgr__file_id_mapper(s->pm);
 
 		s->kernel_host = lupe_file_id_host(kid);
 		m->ops->set(m, s->kernel_host, kid);
 	}
+	if (!s->rp)
+		s->clock = lupe_ktime_now();
 	return s;
 err_out:
 	lupe_session__free(s);
@@ -1295,6 +1935,24 @@ void lupe_session__free(struct lupe_session *s)
 
 	if (!s)
 		return;
+	if (s->raw) {
+		int err = lupe_rawfile_writer__close(s->raw, lupe_ktime_now());
+
+		if (err)
+			pr_warn("raw recording: %s; %llu records not written", lupe_errstr(err),
+				(unsigned long long)s->st.raw_write_errors);
+	}
+	lupe_hashmap__free(s->raw_maps);
+	lupe_hashmap__free(s->raw_syms);
+	lupe_hashmap__free(s->raw_ksyms);
+	lupe_hashmap__free(s->raw_files);
+	lupe_rawfile_reader__free(s->rp);
+	free(s->rp_rec);
+	free_values(s->rp_maps);
+	free_values(s->rp_syms);
+	free_values(s->rp_ksyms);
+	free_values(s->rp_notes);
+	lupe_hashmap__free(s->rp_files);   /* interned strings: freed with the others */
 	/* Sampling stops with the tracer: the manager's release of every process need not
 	 * write the unwinder's maps, which go with it. */
 	lupe_stackdeltas__detach(s->unwinder);

@@ -40,6 +40,9 @@ struct lupe_session_opts {
 	size_t unwind_budget_bytes;   /* BPF memory for delta tables; 0: 64 MiB */
 	bool no_user;                 /* no user stacks */
 	unsigned int max_frames;      /* user frames the native unwinder walks; 0: all (128) */
+	/* Replay this raw recording (lupe_session__record_raw) instead of sampling: no BPF,
+	 * no privileges; lupe_session__poll then handles one recorded drain per call. */
+	const char *replay_path;
 	size_t :0;
 };
 
@@ -162,6 +165,10 @@ struct lupe_session_stats {
 	uint64_t rate_skipped, window_skipped, filter_dropped;
 	uint64_t bpf_map_bytes;     /* kernel memory of the sampler's maps */
 	uint64_t proc_events_dropped; /* process events not queued for on_process: queue full */
+	/* Raw recording and replay. */
+	uint64_t raw_bytes;         /* written to the recording so far */
+	uint64_t raw_write_errors;  /* records that could not be written */
+	uint64_t replay_errors;     /* a corrupt or truncated recording, records not applied */
 	unsigned int ncpus;
 	struct lupe_procmgr_stats pm;
 	/* APM correlation: BPF's reads of agents' correlation buffers; the samples aggregated
@@ -238,5 +245,31 @@ int lupe_session__window(struct lupe_session *s, uint64_t period_ns, double frac
 /* Adds a pid to a pid target set (follow: and its future children), or removes one. */
 int lupe_session__target_add_pid(struct lupe_session *s, pid_t pid, bool follow);
 int lupe_session__target_remove_pid(struct lupe_session *s, pid_t pid);
+
+/* ---- raw recording and replay (docs/raw-format.md) ------------------------------------
+ *
+ * Recording writes, from now on, every drained sample and event, the mappings and symbols
+ * their traces needed from this host, the end of each drain with the session's clock, and
+ * what the script read between drains (counters, clock marks, the end of a run). Replaying
+ * the file with the same script gives the same aggregate, symbols, counters and clock.
+ * Write errors are counted (stats.raw_write_errors), never fatal. Returns 0 or a negative
+ * errno (-EBUSY: already recording, or a replay). */
+int lupe_session__record_raw(struct lupe_session *s, const char *path);
+/* A fact the script wants in the recording (its target, ...): returns 0 or a negative
+ * errno; nothing when not recording. Replay: the last value recorded for key (owned by the
+ * session), or NULL. */
+int lupe_session__note(struct lupe_session *s, const char *key, const char *value);
+const char *lupe_session__replay_note(struct lupe_session *s, const char *key);
+bool lupe_session__replaying(const struct lupe_session *s);
+/* The session's clock (CLOCK_MONOTONIC ns): the end of the last drain or clock mark, or
+ * the session's start. In a replay, as recorded. */
+uint64_t lupe_session__clock(const struct lupe_session *s);
+/* Sets the clock to now (replay: to the recorded mark) and returns it. */
+uint64_t lupe_session__clock_mark(struct lupe_session *s);
+/* A run loop ended (written to a recording; exit_status of a command, or -1). */
+void lupe_session__mark_stop(struct lupe_session *s, int exit_status);
+/* Replay: true once the recorded run loop ended here (its exit status in *exit_status,
+ * -1 for none) or the recording is exhausted. Always false when not replaying. */
+bool lupe_session__replay_stopped(struct lupe_session *s, int *exit_status);
 
 #endif

@@ -20,6 +20,10 @@ options:
                          folded with -o
   -o, --output FILE      write the profile to FILE instead of stdout
   -n, --top N            lines in the top summary (default 25)
+      --raw FILE         also write a raw recording to FILE (samples, process events, and
+                         the mappings and symbols they need), which replays offline and
+                         unprivileged with the same results: LUPE_REPLAY=FILE lupe record
+                         -o OUT (or lupe run --replay FILE SCRIPT); see docs/raw-format.md
       --no-kernel        user stacks only
       --fp               user stacks by frame pointers, not the native unwinder
   -h, --help             this text
@@ -75,6 +79,8 @@ local function parse(argv)
       o.output = value(a)
     elseif a == "-n" or a == "--top" then
       o.top = math.floor(number(a, value(a), 1))
+    elseif a == "--raw" then
+      o.raw = value(a)
     elseif a == "--no-kernel" then
       o.kernel = false
     elseif a == "--fp" then
@@ -111,7 +117,7 @@ elseif opts.pids then target = { pids = opts.pids }
 elseif opts.cgroup then target = { cgroup = opts.cgroup } end
 
 local s, msg = lupe.session{ frequency = opts.frequency, kernel = opts.kernel, target = target,
-                            unwind = opts.unwind }
+                            unwind = opts.unwind, raw = opts.raw }
 if not s then
   io.stderr:write("lupe record: ", msg, "\n")
   return opts.command and 127 or 1
@@ -157,6 +163,10 @@ if apm and apm.agents_found > 0 then
     "%d datagrams sent (%d samples), %d dropped (%d samples), %d failed, %d socket paths " ..
     "refused\n"):format(apm.agents_found, apm.services, apm.samples, apm.sent,
     apm.sent_samples, apm.dropped, apm.dropped_samples, apm.errors, apm.rejected_paths))
+end
+if opts.raw then
+  io.stderr:write(("lupe record: raw recording: %d bytes in %s%s\n"):format(st.raw_bytes, opts.raw,
+    st.raw_write_errors > 0 and (", %d records NOT written"):format(st.raw_write_errors) or ""))
 end
 s:close()
 return profile.exit_status or 0

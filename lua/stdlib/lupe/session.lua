@@ -17,6 +17,14 @@
 --   #batch, batch:count(i), batch:pid(i), batch:comm(i), batch:frames(i) (one table per
 --   unique trace, made on first use and shared), batch:hash(i), batch:entry(i) (the C
 --   struct: trace, pid, comm, count, interval, first_ktime, last_ktime), batch.dropped.
+--
+-- Record and replay (docs/raw-format.md): lupe.session{ raw = "F" } also writes what the
+-- session sees to F; lupe.session{ replay = "F" } runs the same script offline from F
+-- (no BPF, no privileges; target and frequency are then ignored), with the same profile,
+-- counters and clock. `lupe run --replay F SCRIPT` (package.loaded["lupe.run_options"])
+-- or the environment variable LUPE_REPLAY=F make every session of a script a replay.
+-- Intervals, durations and policy ticks follow the session's clock (s:clock(): the end of
+-- the last drain; in a replay, as recorded); hook time limits follow the host's.
 local native = require("lupe.native").session
 local u64 = require "lupe.u64"
 local ffi = require "ffi"
@@ -324,7 +332,7 @@ end
 -- left to the per-entry decision, which alone is always exact.
 function Session:_push_filter(f)
   local b = f and f.bpf() or {}
-  if self._offline then return end
+  if self._offline or self._replay then return end
   if b.pids and self._target_desc == "system" then
     local ok, msg = self._s:target_pids(b.pids)
     if not ok then error("filter: " .. msg, 3) end
@@ -343,7 +351,7 @@ function Session:on_interval(seconds, fn)
   if type(seconds) ~= "number" or seconds <= 0 then error("on_interval: seconds must be > 0", 2) end
   if type(fn) ~= "function" then error("on_interval: expected a function", 2) end
   self._interval, self._on_interval = seconds, fn
-  self._next_interval = now() + seconds
+  self._next_interval = self._s:clock() + seconds
   return self
 end
 
@@ -414,7 +422,7 @@ function Session:profile()
   return {
     entries = entries,
     stats = stats,
-    duration = (self._stopped or now()) - self._started,
+    duration = (self._stopped or self._s:clock_mark()) - self._started,
     frequency = self:frequency(),
     target = self._target_desc,
     exit_status = self.exit_status,
@@ -428,15 +436,18 @@ function Session:flush_interval()
   judge(self)
   call_hook(self, "on_interval", self._on_interval, make_batch(self, true))
   self._s:interval_reset()
-  self._next_interval = now() + self._interval
+  self._next_interval = self._s:clock() + self._interval
 end
+
+-- The session's clock in seconds: the end of the last drain (a replay: as recorded).
+function Session:clock() return self._s:clock() end
 
 -- One round of the run loop: waits up to ms, drains, then runs what hooks are due.
 -- Returns the number of records drained.
 function Session:poll(ms)
   local n, msg = self._s:poll(ms or 0)
   if not n then error("session: " .. msg, 2) end
-  local t = now()
+  local t = self._s:clock()
   if self._events_wanted then deliver_events(self) end
   if self._on_trace then judge(self) end
   for _, fn in ipairs(self._tickers) do fn(t) end
@@ -453,25 +464,32 @@ function Session:run(opts)
   -- synchronized while it most likely still runs. A drain costs microseconds.
   local poll_ms = opts.poll_ms or 10
   native.install_signal_handlers()
-  local started = now()
+  -- The session's clock, not the host's: a replay sees the recorded one.
+  local started = self._s:clock_mark()
+  local t = started
   self._stopped = nil
   if self._interval then self._next_interval = started + self._interval end
   while true do
     local wait = poll_ms
-    if duration then wait = math.min(wait, math.max(0, (started + duration - now()) * 1000)) end
+    if duration then wait = math.min(wait, math.max(0, (started + duration - t) * 1000)) end
     self:poll(floor(wait))
-    local t = now()
+    t = self._s:clock()
     if native.interrupted() then break end
-    if opts.stop and opts.stop() then break end
+    if self._replay then
+      -- The recorded run ended here, whatever ended it (duration, command, Ctrl-C...).
+      local stopped, status = self._s:replay_stopped()
+      if stopped then self.exit_status = status break end
+    elseif opts.stop and opts.stop() then break end
     if duration and t - started >= duration then break end
     if self.command_pid then
       local done, status = self._s:command_done()
       if done then self.exit_status = status break end
     end
   end
+  if not self._replay then self._s:mark_stop(self.exit_status) end
   -- One last drain: samples captured before the stop are not lost.
   self:poll(0)
-  self._stopped = now()
+  self._stopped = self._s:clock()
   local profile = self:profile()
   if self._on_end then call_hook(self, "on_end", self._on_end, profile) end
   return profile
@@ -497,7 +515,8 @@ end
 -- filter_error_frames, on_hook_error ("continue", the default, or "stop"),
 -- hook_timeout (seconds a hook may run, default 1; false: no limit), strict_hooks (true:
 -- on_interval and on_end run with the JIT off too, so that the limit is airtight),
--- offline (no BPF: samples come from s:inject, for tests and replays).
+-- offline (no BPF: samples come from s:inject, for tests),
+-- raw (write a raw recording to this file), replay (run from a raw recording instead).
 -- Returns a session, or nil, message, errno.
 function M.session(opts)
   opts = opts or {}
@@ -507,27 +526,42 @@ function M.session(opts)
   if timeout ~= false and (type(timeout) ~= "number" or timeout <= 0) then
     error("session: hook_timeout must be seconds > 0 or false", 2)
   end
+  local run_options = package.loaded["lupe.run_options"]
+  local replay = opts.replay or (type(run_options) == "table" and run_options.replay)
+                 or os.getenv("LUPE_REPLAY")
+  if replay == "" then replay = nil end
   local s, msg, errno = native.new{ frequency = opts.frequency, kernel = opts.kernel ~= false,
                                     filter_error_frames = opts.filter_error_frames,
                                     unwind = opts.unwind, user = opts.user,
-                                    max_frames = opts.max_frames, offline = opts.offline }
+                                    max_frames = opts.max_frames, offline = opts.offline,
+                                    replay = replay }
   if not s then return nil, msg, errno end
   shared.next_id = shared.next_id + 1
-  local self = setmetatable({ _s = s, _id = shared.next_id, _traces = {}, _started = now(),
+  local self = setmetatable({ _s = s, _id = shared.next_id, _traces = {}, _started = s:clock(),
                               _hook_errors = {}, _judged = 0, _judged_entries = 0,
                               _process_listeners = {}, _tickers = {},
                               _offline = opts.offline and true or false,
+                              _replay = replay and true or nil,
                               _hook_timeout = timeout or nil,
                               _strict_hooks = opts.strict_hooks and true or nil,
                               _cgroup_root = opts.cgroup_root or cgroup_root(),
                               _stop_on_hook_error = opts.on_hook_error == "stop" }, Session)
   sessions[self._id] = self
-  if not opts.offline then
+  if replay then
+    require("lupe.log").info("replaying %s: the target and the frequency come from the recording",
+                             replay)
+  elseif not opts.offline then
+    if opts.raw then
+      local ok, emsg, eno = s:record_raw(opts.raw)
+      if not ok then s:close() sessions[self._id] = nil return nil, emsg, eno end
+      -- Outputs name the target: a replay names the recorded one.
+      s:note("target", require("lupe.output").describe_target(opts.target))
+    end
     local ok, emsg, eno = apply_target(self, opts.target)
     if not ok then s:close() sessions[self._id] = nil return nil, emsg, eno end
   end
-  self._target_desc = opts.target or "system"
-  self._started = now()
+  self._target_desc = replay and s:replay_note("target") or opts.target or "system"
+  self._started = s:clock()
   return self
 end
 

@@ -66,7 +66,8 @@ function M.lines(profile, opts)
   return lines
 end
 
-function M.write(profile, fh, opts)
+-- The general path, for options the fast one does not know (service frames).
+local function write_stacks(profile, fh, opts)
   local buf, nb, nlines = {}, 0, 0
   each_stack(profile, function(comm, parts, n, count)
     buf[nb + 1] = comm
@@ -84,6 +85,136 @@ function M.write(profile, fh, opts)
   end, opts)
   fh:write(concat(buf, "", 1, nb))
   return nlines
+end
+
+-- write() is the fast path of each_stack + lines (same lines, in first-seen order): 100k
+-- stacks of 30 frames are 100 MB of text, so nothing is built per line or per frame.
+-- Frames are numbered as output.locator does (module and address), inline; stacks are
+-- frame numbers in one flat C array; each distinct frame's text (";" .. label) is made
+-- once; lines are copied piece by piece into a 64 KiB C buffer (fwrite for a Lua file).
+local ffi = require "ffi"
+local format, type, tonumber, iotype = string.format, type, tonumber, io.type
+local new_table = require "table.new"
+-- pcall: another module may have declared fwrite already (a redeclaration raises).
+pcall(ffi.cdef, "size_t fwrite(const void *ptr, size_t size, size_t n, void *stream);")
+local BUFSZ = 65536
+local TWO53 = 0x20000000000000ULL
+
+function M.write(profile, fh, opts)
+  if opts and opts.service then return write_stacks(profile, fh, opts) end
+  local by_module, others, pieces, plen, nframes = {}, {}, {}, {}, 0
+  local entries, cap, used = profile.entries, 0, 0
+  local ne = #entries
+  local comms, index = {}, {}          -- index[comm][hash]: the slot of a stack
+  local s_comm, s_start, s_n = new_table(ne, 0), new_table(ne, 0), new_table(ne, 0)
+  local s_count, s_len = new_table(ne, 0), new_table(ne, 0)
+  local nslots = 0
+  for i = 1, #entries do cap = cap + #entries[i].frames end
+  local flat = ffi.new("int32_t[?]", cap + 1)
+  for _, e in ipairs(entries) do
+    local comm = e.comm ~= "" and e.comm or "[unknown]"
+    local c = comms[comm]
+    if not c then
+      c = clean(comm)
+      comms[comm] = c
+      -- Comms that clean to the same text share their stacks, as in lines().
+      index[c] = index[c] or {}
+    end
+    local frames = e.frames
+    local n = #frames
+    -- Root first, at flat[used ...]: kept only if the stack is new.
+    local len = #c
+    for i = 1, n do
+      local f = frames[i]
+      local kind = f.kind
+      local ids
+      if kind == "native" or kind == "kernel" then
+        local mod = f.module or ""
+        ids = by_module[mod]
+        if not ids then ids = {} by_module[mod] = ids end
+      else
+        local ns = (kind or "unknown") .. "\0" .. (f.name or "")
+        ids = others[ns]
+        if not ids then ids = {} others[ns] = ids end
+      end
+      local a = f.addr
+      local key
+      if type(a) ~= "cdata" then
+        key = a or false
+      elseif a < TWO53 then
+        key = tonumber(a)
+      else
+        local neg = -a
+        key = neg < TWO53 and -tonumber(neg) or output.hex(a)
+      end
+      local id = ids[key]
+      if not id then
+        nframes = nframes + 1
+        id = nframes
+        ids[key] = id
+        local p = ";" .. clean(label(f))
+        pieces[id], plen[id] = p, #p
+      end
+      flat[used + n - i] = id
+      len = len + plen[id]
+    end
+    local key = e.hash or ffi.string(flat + used, 4 * n)
+    local ic = index[c]
+    local slot = ic[key]
+    if slot then
+      s_count[slot] = s_count[slot] + e.count
+    else
+      nslots = nslots + 1
+      ic[key] = nslots
+      s_comm[nslots], s_start[nslots], s_n[nslots], s_count[nslots] = c, used, n, e.count
+      s_len[nslots] = len
+      used = used + n
+    end
+  end
+  index = nil -- luacheck: ignore 311 (the merge table can go before the output is built)
+
+  local buf, pos = ffi.new("char[?]", BUFSZ), 0
+  local copy = ffi.copy
+  -- A Lua file gets the buffer itself (its FILE *, through the FFI): no 100 MB of
+  -- garbage strings. Anything else with :write gets strings.
+  local fp = iotype(fh) == "file" and ffi.cast("void *", fh) or nil
+  local function flush()
+    if fp then
+      if ffi.C.fwrite(buf, 1, pos, fp) ~= pos then error("folded: write failed", 3) end
+    else
+      fh:write(ffi.string(buf, pos))
+    end
+    pos = 0
+  end
+  local tails = {}                     -- count -> " count\n"; counts repeat a lot
+  for k = 1, nslots do
+    -- A line never straddles a flush; one longer than the buffer goes out on its own.
+    if pos + s_len[k] + 24 > BUFSZ then flush() end
+    local v = s_count[k]
+    local tail = tails[v]
+    if not tail then tail = format(" %d\n", v) tails[v] = tail end
+    if s_len[k] + #tail > BUFSZ then
+      local parts, first = { s_comm[k] }, s_start[k]
+      for j = first, first + s_n[k] - 1 do parts[#parts + 1] = pieces[flat[j]] end
+      parts[#parts + 1] = tail
+      fh:write(concat(parts))
+    else
+      local c = s_comm[k]
+      copy(buf + pos, c, #c)
+      pos = pos + #c
+      local first = s_start[k]
+      for j = first, first + s_n[k] - 1 do
+        local id = flat[j]
+        local l = plen[id]
+        copy(buf + pos, pieces[id], l)
+        pos = pos + l
+      end
+      copy(buf + pos, tail, #tail)
+      pos = pos + #tail
+    end
+  end
+  if pos > 0 then flush() end
+  return nslots
 end
 
 return M
