@@ -25,8 +25,10 @@
 #                  tree, which is the profiler here: the workloads use under 2 MB)
 #   out_KB         the output file (lupe's folded text; perf.data)
 #   samples        samples of the workload (comm = its name)
-#   complete       the fraction of those whose stack reaches _start, the root of every
-#                  stack of a single-threaded program: anything less lost callers
+#   to_main        the fraction of those whose stack reaches main: every caller the
+#                  workload's own code has (the stack is complete as far as the program goes)
+#   to_start       the fraction that reaches _start, the root of every stack of a
+#                  single-threaded program: complete through libc's start-up code too
 set -u
 export LC_ALL=C
 
@@ -81,23 +83,26 @@ run() {
 	fi
 }
 
-# stats W COND REP: "samples complete" for the workload's comm.
+# stack_stats W COND REP: "samples to_main to_start" for the workload's comm.
 stack_stats() {
 	local w=$1 c=$2 r=$3 p="$2-$1-$3"
 	case $c in
 	lupe)
 		# Folded: comm;root;...;leaf COUNT; kernel frames (suffix _[k]) sit on the leaf side.
-		awk -v w="$w" '{ n = $NF; split($1, f, ";") }
-			f[1] == w { s += n; if (f[2] == "_start") ok += n }
-			END { printf "%d %d\n", s, ok }' "$p.data" ;;
+		awk -v w="$w" '{ n = $NF; k = split($1, f, ";") }
+			f[1] == w { s += n; if (f[2] == "_start") ok += n
+				for (i = 2; i <= k; i++) if (f[i] == "main") { m += n; break } }
+			END { printf "%d %d %d\n", s, m, ok }' "$p.data" ;;
 	fp|dwarf)
 		# perf script -F comm,ip,sym: a line "comm", then "ADDR SYM" per frame, leaf first, root
 		# last, then a blank line.
-		awk -v w="$w" 'function flush() { if (hdr == w) { s++; if (root == "_start") ok++ } hdr = "" }
+		awk -v w="$w" 'function flush() {
+				if (hdr == w) { s++; if (root == "_start") ok++; if (main) m++ }
+				hdr = ""; main = 0 }
 			/^[^ \t]/ { flush(); hdr = $1; root = ""; next }
-			/^[ \t]+/ { root = $2; next }
+			/^[ \t]+/ { root = $2; if ($2 == "main") main = 1; next }
 			/^$/ { flush() }
-			END { flush(); printf "%d %d\n", s, ok }' "$p.stacks" ;;
+			END { flush(); printf "%d %d %d\n", s, m, ok }' "$p.stacks" ;;
 	esac
 }
 
@@ -113,12 +118,12 @@ done
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.4f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-printf '%-7s %-6s %6s %6s %10s %10s %7s %9s %8s %9s\n' workload prof cpu_x wall_x prof_cpu_s \
-	post_cpu_s rss_MB out_KB samples complete
+printf '%-7s %-6s %6s %6s %10s %10s %7s %9s %8s %7s %8s\n' workload prof cpu_x wall_x prof_cpu_s \
+	post_cpu_s rss_MB out_KB samples to_main to_start
 for w in chain sortcb; do
 	base_cpu=$(for r in $(seq "$REPS"); do awk '{ print $2 + $3 }' "none-$w-$r.in.time"; done | median)
 	base_wall=$(for r in $(seq "$REPS"); do awk '{ print $1 }' "none-$w-$r.in.time"; done | median)
-	printf '%-7s %-6s %6s %6s %10s %10s %7s %9s %8s %9s\n' "$w" none 1.00 1.00 - - - - - -
+	printf '%-7s %-6s %6s %6s %10s %10s %7s %9s %8s %7s %8s\n' "$w" none 1.00 1.00 - - - - - - -
 	for c in lupe fp dwarf; do
 		cpu_x=$(for r in $(seq "$REPS"); do awk -v b="$base_cpu" '{ printf "%.4f\n", ($2 + $3) / b }' "$c-$w-$r.in.time"; done | median)
 		wall_x=$(for r in $(seq "$REPS"); do awk -v b="$base_wall" '{ printf "%.4f\n", $1 / b }' "$c-$w-$r.in.time"; done | median)
@@ -132,9 +137,11 @@ for w in chain sortcb; do
 		rss=$(for r in $(seq "$REPS"); do awk '{ printf "%.1f\n", $4 / 1024 }' "$c-$w-$r.out.time"; done | median)
 		size=$(for r in $(seq "$REPS"); do echo $(( $(stat -c %s "$c-$w-$r.data") / 1024 )); done | median)
 		samples=$(for r in $(seq "$REPS"); do stack_stats "$w" "$c" "$r" | cut -d' ' -f1; done | median)
-		complete=$(for r in $(seq "$REPS"); do stack_stats "$w" "$c" "$r" |
+		to_main=$(for r in $(seq "$REPS"); do stack_stats "$w" "$c" "$r" |
 			awk '{ printf "%.3f\n", $1 ? $2 / $1 : 0 }'; done | median)
-		printf '%-7s %-6s %6.3f %6.3f %10s %10s %7s %9s %8s %9s\n' "$w" "$c" "$cpu_x" "$wall_x" \
-			"$prof" "$post" "$rss" "$size" "$samples" "$complete"
+		to_start=$(for r in $(seq "$REPS"); do stack_stats "$w" "$c" "$r" |
+			awk '{ printf "%.3f\n", $1 ? $3 / $1 : 0 }'; done | median)
+		printf '%-7s %-6s %6.3f %6.3f %10s %10s %7s %9s %8s %7s %8s\n' "$w" "$c" "$cpu_x" "$wall_x" \
+			"$prof" "$post" "$rss" "$size" "$samples" "$to_main" "$to_start"
 	done
 done
