@@ -276,11 +276,24 @@ t.case("a reused PID gets the new program's mappings, not the old one's", functi
   local b = total(rows, function(r) return r.stack[1] == "beta_work" end)
   local b_ok = total(rows, function(r) return r.stack[1] == "beta_work" and has_frame(r, "beta_spin") end)
   local b_wrong = total(rows, function(r) return r.stack[1] == "beta_work" and has_frame(r, "alpha_spin") end)
-  print(("    alpha_work %d samples (%d alpha_spin); beta_work %d (%d beta_spin, %d alpha_spin)")
-    :format(a, a_ok, b, b_ok, b_wrong))
+  local a_wrong = total(rows, function(r)
+    return r.stack[1] == "alpha_work" and has_frame(r, "beta_spin")
+  end)
+  print(("    alpha_work %d samples (%d alpha_spin, %d beta_spin); " ..
+    "beta_work %d (%d beta_spin, %d alpha_spin)")
+    :format(a, a_ok, a_wrong, b, b_ok, b_wrong))
+  local function top(comm)
+    local best
+    for _, r in ipairs(rows) do
+      if r.stack[1] == comm and (not best or r.count > best.count) then best = r end
+    end
+    return best and best.line:sub(1, 200) or "none"
+  end
   check(a >= 100 and b >= 100, "too few samples: alpha %d, beta %d", a, b)
-  check(b_wrong == 0, "%d samples of the new program named after the old one", b_wrong)
-  check(b_ok / b >= 0.9 and a_ok / a >= 0.9, "symbolized: alpha %d/%d, beta %d/%d", a_ok, a, b_ok, b)
+  check(b_wrong == 0 and a_wrong == 0,
+    "samples named after the other program: %d of the new, %d of the old", b_wrong, a_wrong)
+  check(b_ok / b >= 0.9 and a_ok / a >= 0.9, "symbolized: alpha %d/%d, beta %d/%d; top stacks:\n%s\n%s",
+    a_ok, a, b_ok, b, top("alpha_work"), top("beta_work"))
 end)
 
 local rc = t.run_all()
