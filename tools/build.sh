@@ -20,6 +20,8 @@ packages=(
   procps util-linux                   # ps, unshare: integration tests
   golang-go chromium                  # outside readers in tests: go tool pprof, headless Chromium
   libxml2-utils python3               # xmllint (SVG well-formed), a second JSON parser
+  valgrind                            # tools/valgrind.sh: memcheck over the C unit tests
+  linux-perf                          # bench/compare: perf record -g / --call-graph dwarf
 )
 
 missing=()
