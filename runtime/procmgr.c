@@ -10,12 +10,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/openat2.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -232,6 +234,42 @@ static void elf_cache_trim(struct lupe_procmgr *pm)
 	}
 }
 
+/* A file descriptor on a regular file only: a FIFO or a device planted where a mapped file
+ * was would block a read, or be no ELF file at all. */
+static int regular_or_close(int fd)
+{
+	struct stat st;
+
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+		return fd;
+	close(fd);
+	return -EINVAL;
+}
+
+/* PATH as the process sees it, resolved inside its root: openat2(RESOLVE_IN_ROOT) keeps
+ * absolute symlinks and ".." within /proc/PID/root (a process must not lead lupe to the
+ * host's files), and refuses /proc magic links. Without openat2, only a final component
+ * that is not a symlink is accepted (O_NOFOLLOW). */
+static int open_in_root(const char *root, const char *path)
+{
+	struct open_how how = { .flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY,
+				.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
+	int dfd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC), fd, err;
+
+	if (dfd < 0)
+		return -errno;
+	fd = (int)syscall(SYS_openat2, dfd, path, &how, sizeof(how));
+	if (fd < 0 && errno == ENOSYS)
+		fd = openat(dfd, path[0] == '/' ? path + 1 : path,
+			    O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | O_NOFOLLOW);
+	err = errno;
+	close(dfd);
+	errno = err;
+	return regular_or_close(fd);
+}
+
 static int open_mapped_file(struct lupe_procmgr *pm, pid_t pid, const struct lupe_procmap *pmap)
 {
 	char path[PATH_MAX * 2];
@@ -240,14 +278,11 @@ static int open_mapped_file(struct lupe_procmgr *pm, pid_t pid, const struct lup
 	/* map_files works for deleted files and other mount namespaces. */
 	snprintf(path, sizeof(path), "%s/%d/map_files/%lx-%lx", pm->proc_root, pid,
 		 (unsigned long)pmap->start, (unsigned long)pmap->end);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	fd = regular_or_close(open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
 	if (fd >= 0)
 		return fd;
-	snprintf(path, sizeof(path), "%s/%d/root%s", pm->proc_root, pid, pmap->path);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd >= 0)
-		return fd;
-	return -errno;
+	snprintf(path, sizeof(path), "%s/%d/root", pm->proc_root, pid);
+	return open_in_root(path, pmap->path);
 }
 
 static int read_vdso(pid_t pid, const struct lupe_procmap *pmap, void **out, size_t *len)
