@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1453,6 +1454,10 @@ int lupe_session__start_command(struct lupe_session *s, char *const argv[])
 			_exit(127);
 		signal(SIGINT, SIG_DFL);
 		signal(SIGTERM, SIG_DFL);
+		signal(SIGHUP, SIG_DFL);
+		/* lupe may run with ambient capabilities (CAP_BPF, CAP_PERFMON, ...: see
+		 * docs/security.md); the profiled command gets none of them. */
+		prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
 		execvp(argv[0], argv);
 		child_err = errno;
 		if (write(fail[1], &child_err, sizeof(child_err)) < 0)
