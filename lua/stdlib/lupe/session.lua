@@ -191,6 +191,7 @@ function Session:run(opts)
     if not n then error("session: " .. msg, 2) end
     t = now()
     if self._on_trace then judge_new_traces(self) end
+    next_interval = next_interval or (self._interval and t + self._interval) -- set by a reload
     if self._on_interval and t >= next_interval then
       call_hook(self, "on_interval", self._on_interval, snapshot(self, true))
       self._s:interval_reset()
@@ -214,6 +215,40 @@ end
 
 function Session:close()
   self._s:close()
+end
+
+-- Hot reload (lupe/watch.lua): forgets every hook (every _on_* field, whoever added it) and
+-- the filter, so that a reloaded script starts clean on the same live session; samples,
+-- traces and the process table stay. Returns what was forgotten, for restore_hooks().
+local reload_fields = { _interval = true, _filter = true, _verdicts = true,
+                        _trace_verdicts = true, _judged = true }
+function Session:clear_hooks()
+  local saved = {}
+  for k, v in pairs(self) do
+    if reload_fields[k] or k:match("^_on_") then saved[k] = v end
+  end
+  for k in pairs(saved) do self[k] = nil end
+  self._verdicts, self._trace_verdicts, self._judged = {}, {}, 0
+  -- The pids a filter pushed into BPF go with it.
+  if saved._filter and saved._filter.pids() and self._target_desc == "system" then
+    self._s:target_system()
+  end
+  return saved
+end
+
+-- Puts back what clear_hooks() returned (a reloaded script failed half-way).
+function Session:restore_hooks(saved)
+  if self._filter and self._filter.pids() and self._target_desc == "system" then
+    self._s:target_system()
+  end
+  for k in pairs(reload_fields) do self[k] = nil end
+  for k in pairs(self) do if k:match("^_on_") then self[k] = nil end end
+  for k, v in pairs(saved) do self[k] = v end
+  local pids = self._filter and self._filter.pids()
+  if pids and self._target_desc == "system" then self._s:target_pids(pids) end
+  self._verdicts = self._verdicts or {}
+  self._trace_verdicts = self._trace_verdicts or {}
+  self._judged = self._judged or 0
 end
 
 -- opts: frequency (Hz per CPU, default 99), kernel (default true), target,
