@@ -54,6 +54,33 @@ static void on_sigint(int sig)
 	got_sigint = 1;
 }
 
+/* The state evaluating a REPL line while sigint_guard(true) is on: Ctrl-C then raises
+ * "interrupted" in it through a hook, as the standalone interpreter does, instead of ending
+ * lupe (and the live session with it). Hooks do not run inside JIT-compiled loops, so a
+ * second Ctrl-C before the first took effect ends lupe the default way. */
+static lua_State *guarded_L;
+static struct sigaction guard_old;
+static volatile sig_atomic_t interrupt_pending;
+
+static void interrupt_hook(lua_State *L, lua_Debug *ar)
+{
+	(void)ar;
+	lua_sethook(L, NULL, 0, 0);
+	interrupt_pending = 0;
+	luaL_error(L, "interrupted");
+}
+
+static void on_guarded_sigint(int sig)
+{
+	if (interrupt_pending || !guarded_L) {
+		signal(sig, SIG_DFL);
+		raise(sig);
+		return;
+	}
+	interrupt_pending = 1;
+	lua_sethook(guarded_L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
 static void on_sighup(int sig)
 {
 	(void)sig;
@@ -440,6 +467,25 @@ static int l_sighup_take(lua_State *L)
 	return 1;
 }
 
+/* sigint_guard(on): while on, Ctrl-C interrupts the Lua code running in this state. */
+static int l_sigint_guard(lua_State *L)
+{
+	struct sigaction sa = { .sa_handler = on_guarded_sigint };
+	bool on = lua_toboolean(L, 1);
+
+	if (on && !guarded_L) {
+		sigemptyset(&sa.sa_mask);
+		guarded_L = L;
+		interrupt_pending = 0;
+		sigaction(SIGINT, &sa, &guard_old);
+	} else if (!on && guarded_L) {
+		sigaction(SIGINT, &guard_old, NULL);
+		lua_sethook(guarded_L, NULL, 0, 0);
+		guarded_L = NULL;
+	}
+	return 0;
+}
+
 static int l_euid(lua_State *L)
 {
 	lua_pushinteger(L, (lua_Integer)geteuid());
@@ -562,6 +608,7 @@ static const luaL_Reg repl_funcs[] = {
 	{ "sighup_take", l_sighup_take },
 	{ "isatty", l_isatty },
 	{ "euid", l_euid },
+	{ "sigint_guard", l_sigint_guard },
 	{ "check_trusted", l_check_trusted },
 	{ "session_processes", l_session_processes },
 	{ "session_mappings", l_session_mappings },

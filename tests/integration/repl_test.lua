@@ -1,5 +1,5 @@
 -- `lupe repl` driven through a pseudo-terminal (python3's pty module): helpers on a live
--- session, a Lua error, Tab completion, Ctrl-C and Ctrl-D. Needs root; SKIPs without it.
+-- session, a Lua error, Tab completion, Ctrl-C (a loop, a line) and Ctrl-D. Needs root; SKIPs without it.
 local dir = arg[0]:match("^(.*)/[^/]*$") or "."
 local t = dofile(dir .. "/harness.lua")
 local check = t.check
@@ -82,6 +82,8 @@ t.case("helpers, an error, completion, Ctrl-C and Ctrl-D on a live session", fun
     '("prompt", "freq()\\r")',
     '("prompt", "flame(\\"' .. tmp .. '/out.svg\\")\\r")',
     '("prompt", "nosuch.x\\r")',
+    '("1.0", "while true do end\\r")',
+    '("prompt", "\\x03")',        -- Ctrl-C stops a running loop
     '("1.0", "lupe.se\\t")',      -- completes to lupe.session(
     '("prompt", "\\x03")',        -- Ctrl-C clears it
     '("prompt", "lupe.vers\\t\\r")',
@@ -109,6 +111,7 @@ t.case("helpers, an error, completion, Ctrl-C and Ctrl-D on a live session", fun
     check(slurp(tmp .. "/out.svg"):match("^<%?xml") or slurp(tmp .. "/out.svg"):match("<svg"),
       "flame() wrote no SVG")
     check(out:match("error: stdin:1: attempt to index global 'nosuch'"), "no error:\n%s", out)
+    check(out:match("while true do end\n%^Cerror: interrupted"), "Ctrl-C did not stop the loop:\n%s", out)
     check(out:match("lupe%.se[^\n]*ssion%("), "Tab did not complete lupe.se:\n%s", out)
     check(out:match("%^C\n"), "Ctrl-C not shown:\n%s", out)
     check(out:match("ion\n\"%d+%.%d+%.%d+\"\n"), "lupe.vers<Tab> did not evaluate:\n%s", out)

@@ -178,6 +178,9 @@ function M.evaluate(src, env)
     return false, err, err:match("<eof>'?$") ~= nil
   end
   setfenv(fn, env)
+  -- Typed code runs interpreted, where Ctrl-C can stop it (hooks never run inside compiled
+  -- loops); the library code it calls stays compiled.
+  if jit then jit.off(fn, true) end
   local r = pack(xpcall(fn, traceback))
   if not r[1] then return false, r[2], false end
   return true, { n = r.n - 1, unpack(r, 2, r.n) }
@@ -361,7 +364,9 @@ function M.main(args)
     else
       local src = pending and (pending .. "\n" .. line) or line
       if src:match("%S") then
+        native.sigint_guard(true)
         local ok, res, incomplete = M.evaluate(src, env)
+        native.sigint_guard(false)
         if ok then
           pending = nil
           M.show(res)
