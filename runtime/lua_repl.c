@@ -325,7 +325,9 @@ static int l_editor(lua_State *L)
 	el_set(ed->el, EL_PROMPT, prompt_fn);
 	el_set(ed->el, EL_HIST, history, ed->hist);
 	el_set(ed->el, EL_GETCFN, getc_fn);
-	el_set(ed->el, EL_ADDFN, "lupe-complete", "complete a Lua name", complete_fn);
+	/* The wide call: libedit keeps these pointers (static here), whereas its narrow
+	 * EL_ADDFN wrapper copies them with wcsdup() and never frees the copies. */
+	el_wset(ed->el, EL_ADDFN, L"lupe-complete", L"complete a Lua name", complete_fn);
 	el_set(ed->el, EL_BIND, "^I", "lupe-complete", NULL);
 	/* ~/.editrc may rebind keys, as in every libedit program. */
 	el_source(ed->el, NULL);
