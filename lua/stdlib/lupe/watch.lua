@@ -3,8 +3,8 @@
 -- SIGHUP, without stopping the session.
 --
 -- The script runs in a coroutine. Its first lupe.session{...} creates the live session;
--- every later call (from a reloaded script) returns that same session, with the new
--- frequency applied and hooks and filter cleared for the new script to set. s:run{...}
+-- a reloaded script's lupe.session{...} returns that same session, with the new frequency
+-- applied and hooks and filter cleared for the new script to set. s:run{...}
 -- yields to the driver here, which runs the one real run loop; a reload runs the new script
 -- up to its own s:run{...} and the loop goes on with the new hooks and the new run options
 -- (duration still counts from the first run's start). When the loop ends, the newest
@@ -56,7 +56,9 @@ function Watch:reload(why)
   local live = self.live
   local saved = live and live:clear_hooks()
   local t0 = now()
+  self.reloading = true
   local kind, v, co = self:start_script()
+  self.reloading = false
   if kind == "error" then
     if live then live:restore_hooks(saved) end
     self.failures = self.failures + 1
@@ -94,10 +96,11 @@ function Watch:check()
   return false
 end
 
--- lupe.session{...} while watching: the first call creates, later calls reuse.
+-- lupe.session{...} while watching: the first script's first call creates the live
+-- session (its other calls create as usual); a reloaded script's calls all return it.
 function Watch:session(create, opts)
   local live = self.live
-  if live then
+  if live and self.reloading then
     if opts and opts.frequency and opts.frequency ~= live:frequency() then
       local ok, msg = live:set_frequency(opts.frequency)
       if not ok then log.warn("watch: frequency %s: %s", tostring(opts.frequency), tostring(msg)) end
@@ -105,7 +108,7 @@ function Watch:session(create, opts)
     return live
   end
   local s, msg, errno = create(opts)
-  if not s then return nil, msg, errno end
+  if not s or live then return s, msg, errno end
   self.live = s
   -- s:run inside the script hands control to the driver (M.main).
   s.run = function(_, o) return coroutine.yield("run", o) end
