@@ -16,6 +16,7 @@ int luaopen_lupe_log(lua_State *L);
 int luaopen_lupe_procmgr(lua_State *L);
 int luaopen_lupe_ehframe(lua_State *L);
 int luaopen_lupe_session(lua_State *L);
+int luaopen_lupe_repl(lua_State *L);
 
 /* Opening every submodule is cheap (functions and metatables only), and one table works
  * the same inside the executable and in native.so: native.log, native.procmgr, ... */
@@ -26,6 +27,7 @@ static const luaL_Reg native_modules[] = {
 	{ "procmgr", luaopen_lupe_procmgr },
 	{ "ehframe", luaopen_lupe_ehframe },
 	{ "session", luaopen_lupe_session },
+	{ "repl", luaopen_lupe_repl },
 	{ NULL, NULL },
 };
 
@@ -140,6 +142,53 @@ int lupe_engine_run_file(lua_State *L, const char *path, int argc, char **argv, 
 	for (i = 0; i < argc; i++)
 		lua_pushstring(L, argv[i]);
 	rc = lupe_pcall(L, argc, 1);
+	if (rc == 0) {
+		if (lua_type(L, -1) == LUA_TNUMBER)
+			*status = (int)lua_tointeger(L, -1);
+		lua_pop(L, 1);
+	}
+	return rc;
+}
+
+void lupe_engine_set_run_options(lua_State *L, const struct lupe_run_options *o)
+{
+	lua_getglobal(L, "package");
+	lua_getfield(L, -1, "loaded");
+	lua_createtable(L, 0, 2);
+	lua_pushboolean(L, o->watch);
+	lua_setfield(L, -2, "watch");
+	if (o->replay) {
+		lua_pushstring(L, o->replay);
+		lua_setfield(L, -2, "replay");
+	}
+	lua_setfield(L, -2, "lupe.run_options");
+	lua_pop(L, 2);
+}
+
+int lupe_engine_run_module(lua_State *L, const char *module, const char *func, int argc,
+			   char **argv, int *status)
+{
+	int i, rc;
+
+	*status = 0;
+	lua_getglobal(L, "require");
+	lua_pushstring(L, module);
+	rc = lupe_pcall(L, 1, 1);
+	if (rc != 0)
+		return rc;
+	lua_getfield(L, -1, func);
+	lua_remove(L, -2);
+	if (!lua_isfunction(L, -1)) {
+		pr_err("module '%s' has no function '%s'", module, func);
+		lua_pop(L, 1);
+		return -EINVAL;
+	}
+	lua_createtable(L, argc, 0);
+	for (i = 0; i < argc; i++) {
+		lua_pushstring(L, argv[i]);
+		lua_rawseti(L, -2, i + 1);
+	}
+	rc = lupe_pcall(L, 1, 1);
 	if (rc == 0) {
 		if (lua_type(L, -1) == LUA_TNUMBER)
 			*status = (int)lua_tointeger(L, -1);

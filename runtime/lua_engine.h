@@ -19,6 +19,21 @@ int lupe_pcall(lua_State *L, int nargs, int nresults);
  * runtime error: logged with a traceback). */
 int lupe_engine_run_file(lua_State *L, const char *path, int argc, char **argv, int *status);
 
+/* What `lupe run` was asked beyond the script (options before SCRIPT). */
+struct lupe_run_options {
+	int watch;		/* --watch: reload the script on change and SIGHUP */
+	const char *replay;	/* --replay FILE, or NULL; borrowed */
+};
+
+/* Publishes o as package.loaded["lupe.run_options"] = { watch = bool, replay = "FILE" or
+ * nil }, so require "lupe.run_options" sees them. Strings are copied into the state. */
+void lupe_engine_set_run_options(lua_State *L, const struct lupe_run_options *o);
+
+/* Calls require(module)[func]({argv...}); an integer result goes to *status (else 0).
+ * Returns 0 or -EINVAL (the error is logged with its traceback). */
+int lupe_engine_run_module(lua_State *L, const char *module, const char *func, int argc,
+			   char **argv, int *status);
+
 /* luaopen for the aggregate native module; also the entry point of lupe/native.so. */
 int luaopen_lupe_native(lua_State *L);
 

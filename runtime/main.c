@@ -1,4 +1,5 @@
 /* The lupe command line: built-in commands, and every scripts/NAME.lua as `lupe NAME`. */
+#include "cli_trust.h"
 #include "log.h"
 #include "lua_engine.h"
 #include "lupe.h"
@@ -19,6 +20,7 @@ static const char usage_text[] =
 	"\n"
 	"Built-in commands:\n"
 	"  run SCRIPT.lua [ARGS...]  run a Lua script; require \"lupe\" gives the profiler API\n"
+	"  repl                      a Lua prompt on a live profiling session\n"
 	"  version                   print the version\n"
 	"  help [COMMAND]            this text, or a command's own help\n"
 	"\n"
@@ -27,14 +29,45 @@ static const char usage_text[] =
 	"\n"
 	"Environment:\n"
 	"  LUPE_PATH                 directory holding lua/ (the stdlib) and scripts/;\n"
-	"                            default: next to the executable, or PREFIX/" LUPE_SHARE_REL "\n";
+	"                            default: next to the executable, or PREFIX/" LUPE_SHARE_REL "\n"
+	"\n"
+	"As root, lupe refuses (exit 2) a script, a scripts/ command or a LUPE_PATH file that\n"
+	"is not owned by root or is writable by group or other: running it would give root\n"
+	"to whoever can write it.\n";
 
 static const char run_usage[] =
-	"usage: lupe run SCRIPT.lua [ARGS...]\n"
+	"usage: lupe run [--watch] [--replay FILE] SCRIPT.lua [ARGS...]\n"
 	"\n"
 	"Runs SCRIPT.lua in LuaJIT with the lupe stdlib. `arg` holds the arguments\n"
 	"(arg[0] is the script) and so does `...`. require \"lupe\" and require \"lpeg\" work.\n"
-	"A script error prints the message with a traceback and exits 1.\n";
+	"A script error prints the message with a traceback and exits 1.\n"
+	"\n"
+	"Options (before SCRIPT; require \"lupe.run_options\" gives {watch=, replay=}):\n"
+	"  --watch         reload SCRIPT when the file changes or on SIGHUP, keeping the live\n"
+	"                  session: its lupe.session{...} returns the running session (frequency\n"
+	"                  applied, hooks and filter replaced by the new script's), samples,\n"
+	"                  process table and caches survive. A script that fails to load keeps\n"
+	"                  the old one running and prints the error.\n"
+	"  --replay FILE   published to the script as run_options.replay: a session reads\n"
+	"                  recorded samples from FILE instead of sampling live, where the\n"
+	"                  session supports it\n"
+	"\n"
+	"As root, SCRIPT must be owned by root and not writable by group or other (exit 2).\n";
+
+static const char repl_usage[] =
+	"usage: lupe repl [--no-session] [-F HZ] [-p PID...]\n"
+	"\n"
+	"A Lua prompt with line editing, history (~/.lupe_history) and Tab completion of\n"
+	"names (lupe.se<Tab>). A session samples in the background (the whole system, or\n"
+	"the -p PIDs) while the prompt waits; `s` is the session. Helpers:\n"
+	"  ps()  maps(pid)  top(n)  flame(\"out.svg\")  freq(hz)  filter(\"expr\")  stats()\n"
+	"  pause()  resume()  help()\n"
+	"Results are printed (tables one level deep). Ctrl-C clears the line or stops the\n"
+	"running command, Ctrl-D exits.\n"
+	"\n"
+	"  --no-session    no session (no BPF, no root needed): a plain Lua prompt\n"
+	"  -F HZ           sampling frequency per CPU (default 99)\n"
+	"  -p PID...       sample only these processes (repeat -p or list them)\n";
 
 static int is_dir(const char *path)
 {
@@ -111,16 +144,111 @@ static void list_script_commands(const char *share_dir)
 	printf("Run `lupe COMMAND --help` for a command's options.\n");
 }
 
-static int run_script(const char *share_dir, const char *path, int argc, char **argv)
+/* As root: 0 when the script (NULL: none) and whatever LUPE_PATH would make lupe load
+ * are root's alone; else logs why and returns -EPERM (or the errno of a failed check). */
+static int check_trust(const char *script)
 {
-	lua_State *L = lupe_engine_new(share_dir);
+	const char *env = getenv("LUPE_PATH");
+	char why[PATH_MAX + 128], dir[PATH_MAX];
+	int err = 0;
+
+	if (geteuid() != 0)
+		return 0;
+	if (script && access(script, F_OK) == 0)
+		err = lupe_cli_check_trusted(script, why, sizeof(why));
+	if (!err && env && *env) {
+		snprintf(dir, sizeof(dir), "%s/lua", env);
+		err = lupe_cli_check_trusted_tree(dir, why, sizeof(why));
+		if (!err) {
+			snprintf(dir, sizeof(dir), "%s/scripts", env);
+			err = lupe_cli_check_trusted_tree(dir, why, sizeof(why));
+		}
+	}
+	if (err)
+		pr_err("refusing to run as root: %s (chown root and chmod go-w it)", why);
+	return err;
+}
+
+/* Missing scripts fall through to the engine, which reports them as before. */
+static int run_script(const char *share_dir, const char *path, int argc, char **argv,
+		      const struct lupe_run_options *opts)
+{
+	static const struct lupe_run_options none;
+	lua_State *L;
 	int err, status;
 
+	if (check_trust(path))
+		return 2;
+	L = lupe_engine_new(share_dir);
 	if (!L) {
 		pr_err("cannot create the Lua state: %s", lupe_errstr(errno));
 		return 1;
 	}
-	err = lupe_engine_run_file(L, path, argc, argv, &status);
+	lupe_engine_set_run_options(L, opts ? opts : &none);
+	if (opts && opts->watch) {
+		/* lupe.watch loads the script itself: argv[-1] is the script (argv follows
+		 * "run [options] SCRIPT" in main's argv). */
+		err = lupe_engine_run_module(L, "lupe.watch", "main", argc + 1, argv - 1, &status);
+	} else {
+		err = lupe_engine_run_file(L, path, argc, argv, &status);
+	}
+	lupe_engine_free(L);
+	return err ? 1 : status;
+}
+
+/* lupe run [--watch] [--replay FILE] [--] SCRIPT [ARGS]; argv[0] is "run". */
+static int cmd_run(const char *share_dir, int argc, char **argv)
+{
+	struct lupe_run_options opts = { 0 };
+	int i;
+
+	for (i = 1; i < argc && argv[i][0] == '-'; i++) {
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			fputs(run_usage, stdout);
+			return 0;
+		} else if (strcmp(argv[i], "--watch") == 0) {
+			opts.watch = 1;
+		} else if (strcmp(argv[i], "--replay") == 0) {
+			if (i + 1 >= argc) {
+				pr_err("run: --replay needs a FILE (see lupe run --help)");
+				return 2;
+			}
+			opts.replay = argv[++i];
+		} else if (strcmp(argv[i], "--") == 0) {
+			i++;
+			break;
+		} else {
+			pr_err("run: unknown option '%s' (see lupe run --help)", argv[i]);
+			return 2;
+		}
+	}
+	if (i >= argc) {
+		pr_err("run: missing SCRIPT (see lupe run --help)");
+		return 2;
+	}
+	return run_script(share_dir, argv[i], argc - i - 1, argv + i + 1, &opts);
+}
+
+/* lupe repl [...]: options are parsed by lupe/repl.lua; argv[0] is "repl". */
+static int cmd_repl(const char *share_dir, int argc, char **argv)
+{
+	lua_State *L;
+	int err, status, i;
+
+	for (i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			fputs(repl_usage, stdout);
+			return 0;
+		}
+	}
+	if (check_trust(NULL))
+		return 2;
+	L = lupe_engine_new(share_dir);
+	if (!L) {
+		pr_err("cannot create the Lua state: %s", lupe_errstr(errno));
+		return 1;
+	}
+	err = lupe_engine_run_module(L, "lupe.repl", "main", argc - 1, argv + 1, &status);
 	lupe_engine_free(L);
 	return err ? 1 : status;
 }
@@ -169,22 +297,15 @@ int main(int argc, char **argv)
 		printf("lupe %s\n", LUPE_VERSION);
 		return 0;
 	}
-	if (strcmp(cmd, "run") == 0) {
-		if (i + 1 >= argc) {
-			pr_err("run: missing SCRIPT (see lupe run --help)");
-			return 2;
-		}
-		if (strcmp(argv[i + 1], "--help") == 0 || strcmp(argv[i + 1], "-h") == 0) {
-			fputs(run_usage, stdout);
-			return 0;
-		}
-		return run_script(share_dir, argv[i + 1], argc - i - 2, argv + i + 2);
-	}
+	if (strcmp(cmd, "run") == 0)
+		return cmd_run(share_dir, argc - i, argv + i);
+	if (strcmp(cmd, "repl") == 0)
+		return cmd_repl(share_dir, argc - i, argv + i);
 
 	if (strchr(cmd, '/') == NULL) {
 		snprintf(script, sizeof(script), "%s/scripts/%s.lua", share_dir, cmd);
 		if (access(script, R_OK) == 0)
-			return run_script(share_dir, script, argc - i - 1, argv + i + 1);
+			return run_script(share_dir, script, argc - i - 1, argv + i + 1, NULL);
 	}
 	pr_err("unknown command '%s' (see lupe --help)", cmd);
 	return 2;

@@ -15,6 +15,7 @@ packages=(
   libssl-dev                          # libcrypto's SHA-256 for file IDs
   libiberty-dev                       # C++ and Rust demangling (as c++filt)
   libluajit-5.1-dev luajit            # the embedded Lua, and the interpreter for busted
+  libedit-dev                         # line editing and history for `lupe repl` (BSD licence)
   lua-lpeg lua-busted lua-check       # filters; test runner; linter
   binutils                            # readelf/objdump, used by tests as independent oracles
   procps util-linux                   # ps, unshare: integration tests

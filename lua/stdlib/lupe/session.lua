@@ -509,6 +509,44 @@ function Session:close()
   self._s:close()
 end
 
+-- Hot reload (lupe/watch.lua): forgets every hook (every _on_* field, whoever added it),
+-- the filter (and what it pushed into BPF), the verdicts and the policy's listeners, so that
+-- a reloaded script starts clean on the same live session; samples, traces, counts and the
+-- process table stay. Returns what was forgotten, for restore_hooks().
+local reload_fields = { _interval = true, _next_interval = true, _filter = true,
+                        _process_listeners = true, _tickers = true }
+local function reset_verdicts(self)
+  local ev, tv, ne, nt = self._s:verdicts()
+  if ev then
+    ffi.fill(ffi.cast(verdict_ptr, ev), ne)
+    ffi.fill(ffi.cast(verdict_ptr, tv), nt)
+  end
+  self._judged, self._judged_entries = 0, 0
+end
+function Session:clear_hooks()
+  local saved = {}
+  for k, v in pairs(self) do
+    if reload_fields[k] or (type(k) == "string" and k:match("^_on_")) then saved[k] = v end
+  end
+  for k in pairs(saved) do self[k] = nil end
+  self._process_listeners, self._tickers = {}, {}
+  reset_verdicts(self)
+  self:_push_filter(nil)
+  want_events(self)
+  return saved
+end
+
+-- Puts back what clear_hooks() returned (a reloaded script failed half-way).
+function Session:restore_hooks(saved)
+  for k in pairs(reload_fields) do self[k] = nil end
+  for k in pairs(self) do if type(k) == "string" and k:match("^_on_") then self[k] = nil end end
+  for k, v in pairs(saved) do self[k] = v end
+  self._process_listeners, self._tickers = self._process_listeners or {}, self._tickers or {}
+  reset_verdicts(self)
+  self:_push_filter(self._filter)
+  want_events(self)
+end
+
 -- opts: frequency (Hz per CPU, default 99), kernel (default true), user (default true),
 -- max_frames (user frames the native unwinder walks, default 128), target,
 -- unwind (default true: native unwinding from .eh_frame; false: frame pointers),
