@@ -162,10 +162,16 @@ void lupe_session_install_signal_handlers(void)
 {
 	struct sigaction sa = { .sa_handler = on_signal };
 
+	struct sigaction old;
+
 	/* No SA_RESTART: the tracer's wait must return EINTR. */
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
+	/* A closed terminal ends the run like Ctrl-C (the profile is still written), unless
+	 * SIGHUP already means something else (lupe run --watch reloads on it). */
+	if (sigaction(SIGHUP, NULL, &old) == 0 && old.sa_handler == SIG_DFL)
+		sigaction(SIGHUP, &sa, NULL);
 }
 
 bool lupe_session_interrupted(void)

@@ -77,7 +77,8 @@ struct lupe_proc_event;
 int lupe_session__ingest_sample(struct lupe_session *s, const struct lupe_sample *smp);
 int lupe_session__ingest_event(struct lupe_session *s, const struct lupe_proc_event *ev);
 
-/* SIGINT/SIGTERM set a flag that ends the wait (installed once, process-wide). */
+/* SIGINT/SIGTERM (and SIGHUP, unless something else handles it) set a flag that ends the
+ * wait (installed once, process-wide). */
 void lupe_session_install_signal_handlers(void);
 bool lupe_session_interrupted(void);
 

@@ -141,11 +141,6 @@ local function signal_case(sig)
   check(ok, "lupe record never attached its perf events: %s", err)
   print(("    SIG%s after %.2f s of sampling: exit %s; it held %d perf fds, %d BPF fds (%d ids)")
     :format(sig, delay, tostring(status), perf, bpf, #ids))
-  if sig == "HUP" and status == 129 then
-    t.skip("SIGHUP still kills lupe record (exit 129, no profile written): it needs a " ..
-      "handler like SIGINT's (runtime/session.c lupe_session_install_signal_handlers, or " ..
-      "main.c when not --watch)")
-  end
   check(status == 0, "SIG%s: exit status %s (want 0): %s", sig, tostring(status), err)
   check(err:match("lupe record: %d+ samples"), "no summary on stderr: %s", err)
   local text = slurp(out) or ""
@@ -186,6 +181,20 @@ t.case("a signal during start-up leaves nothing behind", function()
   check(status == 0 or status == 130, "exit status %s: %s", tostring(status), slurp(errf) or "")
   local left = still_alive(ids)
   check(#left == 0, "left behind in the kernel after exit: %s", table.concat(left, ", "))
+end)
+
+t.case("the profiled command inherits none of lupe's ambient capabilities", function()
+  needs_root()
+  local _, has = t.sh("command -v setpriv")
+  if has == "" then t.skip("no setpriv (util-linux)") end
+  -- lupe run as a service would be (docs/security.md): with ambient capabilities.
+  local status, out, err = t.run(("setpriv --inh-caps +bpf,+perfmon --ambient-caps +bpf,+perfmon " ..
+    "%s record -F 99 -o /dev/null -- sh -c 'grep -E \"^Cap(Amb|Eff)\" /proc/self/status'")
+    :format(t.bin))
+  check(status == 0, "exit status %s: %s", tostring(status), err)
+  local amb = out:match("CapAmb:%s*(%x+)")
+  check(amb, "no CapAmb line from the command: %s", out)
+  check(tonumber(amb, 16) == 0, "the command kept ambient capabilities %s", amb)
 end)
 
 t.case("the profiled command inherits no BPF or perf descriptors", function()
