@@ -1,5 +1,6 @@
 /* lupe.native.procmgr: the process manager as a typed userdata. lupe/procmgr.lua wraps it
  * into the Lua-facing object (exact 64-bit values, file ID objects). */
+#include "lua_bindings.h"
 #include "lua_util.h"
 #include "apm.h"
 #include "convert.h"
@@ -215,10 +216,8 @@ static void push_mapping(lua_State *L, const struct lupe_mapping *m, const char 
 	lua_setfield(L, -2, "deleted");
 }
 
-static int l_mappings(lua_State *L)
+int lupe_lua_push_mappings(lua_State *L, struct lupe_procmgr *pm, int pid)
 {
-	struct lupe_procmgr *pm = check_procmgr(L, 1);
-	int pid = luaL_checkint(L, 2);
 	struct lupe_mapping_view *v;
 	ssize_t n, i;
 
@@ -232,6 +231,11 @@ static int l_mappings(lua_State *L)
 	}
 	free(v);
 	return 1;
+}
+
+static int l_mappings(lua_State *L)
+{
+	return lupe_lua_push_mappings(L, check_procmgr(L, 1), luaL_checkint(L, 2));
 }
 
 static int l_find_mapping(lua_State *L)
@@ -249,9 +253,8 @@ static int l_find_mapping(lua_State *L)
 	return 1;
 }
 
-static int l_processes(lua_State *L)
+int lupe_lua_push_processes(lua_State *L, struct lupe_procmgr *pm)
 {
-	struct lupe_procmgr *pm = check_procmgr(L, 1);
 	pid_t *pids;
 	bool *exited;
 	ssize_t n, i;
@@ -271,6 +274,11 @@ static int l_processes(lua_State *L)
 	free(pids);
 	free(exited);
 	return 1;
+}
+
+static int l_processes(lua_State *L)
+{
+	return lupe_lua_push_processes(L, check_procmgr(L, 1));
 }
 
 static int get_int_field(lua_State *L, int t, const char *k, int def)

@@ -10,6 +10,7 @@
 #include "cli_trust.h"
 #include "log.h"
 #include "lua_engine.h"
+#include "lua_bindings.h"
 #include "lua_util.h"
 #include "session.h"
 
@@ -24,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <termios.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <wchar.h>
@@ -41,6 +43,8 @@ struct editor {
 	char *prompt;		/* owned */
 	char *history_path;	/* owned; NULL: no history file */
 	bool interrupted;	/* the current read() was cut by Ctrl-C */
+	bool tio_saved;		/* tio holds the terminal's settings, to restore */
+	struct termios tio;
 };
 
 /* SIGINT while a line is being edited clears the line (not the process). A flag, because
@@ -241,6 +245,24 @@ static struct editor *check_editor(lua_State *L, int idx)
 	return ed;
 }
 
+/* Keys typed while a line runs (type-ahead) must reach the editor as keys: in the
+ * terminal's canonical mode, which the editor restores after each read, a Ctrl-D typed then
+ * is an end of file the terminal consumes (the editor later reads a NUL), and the next
+ * prompt waits for a key already sent. So between reads the terminal stays non-canonical
+ * (echo stays: a Ctrl-C shows as ^C). */
+static void typeahead_mode(struct editor *ed)
+{
+	struct termios t;
+
+	if (!ed->tio_saved)
+		return;
+	t = ed->tio;
+	t.c_lflag &= ~(tcflag_t)ICANON;
+	t.c_cc[VMIN] = 1;
+	t.c_cc[VTIME] = 0;
+	tcsetattr(STDIN_FILENO, TCSANOW, &t);
+}
+
 static void editor_release(lua_State *L, struct editor *ed)
 {
 	if (ed->hist) {
@@ -250,6 +272,10 @@ static void editor_release(lua_State *L, struct editor *ed)
 	if (ed->el) {
 		el_end(ed->el);
 		ed->el = NULL;
+	}
+	if (ed->tio_saved) {
+		tcsetattr(STDIN_FILENO, TCSANOW, &ed->tio);
+		ed->tio_saved = false;
 	}
 	luaL_unref(L, LUA_REGISTRYINDEX, ed->idle_ref);
 	luaL_unref(L, LUA_REGISTRYINDEX, ed->complete_ref);
@@ -307,6 +333,8 @@ static int l_editor(lua_State *L)
 	ed->idle_ref = take_ref(L, 1, "idle");
 	ed->complete_ref = take_ref(L, 1, "complete");
 
+	ed->tio_saved = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &ed->tio) == 0;
+	typeahead_mode(ed);
 	ed->el = el_init("lupe", stdin, stdout, stderr);
 	ed->hist = history_init();
 	if (!ed->el || !ed->hist) {
@@ -363,6 +391,7 @@ static int l_read(lua_State *L)
 	line = el_gets(ed->el, &count);
 	if (!line)
 		err = errno;
+	typeahead_mode(ed);
 	ed->L = NULL;
 	sigaction(SIGINT, &old, NULL);
 
@@ -520,79 +549,17 @@ static int l_check_trusted(lua_State *L)
 /* The process manager of a live session, for ps() and maps(pid). lua_session.c's
  * "lupe.session" userdata holds the session pointer as its only field (NULL once closed);
  * the manager is borrowed from the session for the length of one call. */
-static struct lupe_procmgr *session_procmgr(lua_State *L, int idx)
-{
-	struct lupe_session **u = luaL_checkudata(L, idx, "lupe.session");
-
-	if (!*u)
-		luaL_argerror(L, idx, "session is closed");
-	return lupe_session__procmgr(*u);
-}
-
-static void push_hex(lua_State *L, uint64_t v)
-{
-	char buf[24];
-
-	snprintf(buf, sizeof(buf), "0x%llx", (unsigned long long)v);
-	lua_pushstring(L, buf);
-}
-
-/* session_processes(native_session) -> { {pid=, exited=}, ... } */
+/* session_processes(native_session) and session_mappings(native_session, pid): what
+ * pm:processes() and pm:mappings(pid) of lupe.procmgr give, for the session's manager. */
 static int l_session_processes(lua_State *L)
 {
-	struct lupe_procmgr *pm = session_procmgr(L, 1);
-	pid_t *pids;
-	bool *exited;
-	ssize_t n, i;
-
-	n = lupe_procmgr__processes(pm, &pids, &exited);
-	if (n < 0)
-		return lupe_push_errno(L, (int)n, "processes");
-	lua_createtable(L, (int)n, 0);
-	for (i = 0; i < n; i++) {
-		lua_createtable(L, 0, 2);
-		lua_pushinteger(L, pids[i]);
-		lua_setfield(L, -2, "pid");
-		lua_pushboolean(L, exited[i]);
-		lua_setfield(L, -2, "exited");
-		lua_rawseti(L, -2, (int)i + 1);
-	}
-	free(pids);
-	free(exited);
-	return 1;
+	return lupe_lua_push_processes(L, lupe_session__procmgr(lupe_lua_check_session(L, 1)));
 }
 
-/* session_mappings(native_session, pid) -> { {path=, start=, ["end"]=, offset=, bias=
- * (hex strings), deleted=}, ... } | nil, msg, errno */
 static int l_session_mappings(lua_State *L)
 {
-	struct lupe_procmgr *pm = session_procmgr(L, 1);
-	int pid = luaL_checkint(L, 2);
-	struct lupe_mapping_view *v;
-	ssize_t n, i;
-
-	n = lupe_procmgr__mappings(pm, pid, &v);
-	if (n < 0)
-		return lupe_push_errno(L, (int)n, lua_pushfstring(L, "mappings of pid %d", pid));
-	lua_createtable(L, (int)n, 0);
-	for (i = 0; i < n; i++) {
-		lua_createtable(L, 0, 6);
-		lua_pushstring(L, v[i].path ? v[i].path : "");
-		lua_setfield(L, -2, "path");
-		push_hex(L, v[i].m.vaddr);
-		lua_setfield(L, -2, "start");
-		push_hex(L, v[i].m.vaddr + v[i].m.length);
-		lua_setfield(L, -2, "end");
-		push_hex(L, v[i].m.file_offset);
-		lua_setfield(L, -2, "offset");
-		push_hex(L, v[i].m.bias);
-		lua_setfield(L, -2, "bias");
-		lua_pushboolean(L, v[i].deleted);
-		lua_setfield(L, -2, "deleted");
-		lua_rawseti(L, -2, (int)i + 1);
-	}
-	free(v);
-	return 1;
+	return lupe_lua_push_mappings(L, lupe_session__procmgr(lupe_lua_check_session(L, 1)),
+				      luaL_checkint(L, 2));
 }
 
 static const luaL_Reg editor_methods[] = {

@@ -1,6 +1,7 @@
 /* lupe.native.session: a profiling session as a typed userdata. lupe/session.lua builds
  * the scripting surface (targets, hooks, run loop) on top of it. */
 #include "log.h"
+#include "lua_bindings.h"
 #include "lua_util.h"
 #include "session.h"
 #include "tracer.h"
@@ -29,6 +30,11 @@ static struct lupe_session *check_session(lua_State *L, int idx)
 	if (!u->s)
 		luaL_argerror(L, idx, "session is closed");
 	return u->s;
+}
+
+struct lupe_session *lupe_lua_check_session(lua_State *L, int idx)
+{
+	return check_session(L, idx);
 }
 
 static int ok_or_errno(lua_State *L, int err, const char *what)

@@ -280,9 +280,13 @@ function M.helpers(s, out)
     if type(pid) ~= "number" then error("maps: expected a pid", 2) end
     local ms, msg = require("lupe.native").repl.session_mappings(need()._s, pid)
     if not ms then error(msg, 2) end
+    local from_c = require("lupe.u64").from_c
+    -- User-space addresses fit a double exactly (< 2^53).
+    local function hx(v) return fmt("0x%x", tonumber(v)) end
     for _, m in ipairs(ms) do
-      out:write(fmt("%18s-%-18s %10s  %s%s\n", m.start, m["end"], m.offset, m.path,
-        m.deleted and " (deleted)" or ""))
+      local start = from_c(m.vaddr)
+      out:write(fmt("%18s-%-18s %10s  %s%s\n", hx(start), hx(start + from_c(m.length)),
+        hx(from_c(m.file_offset)), m.path, m.deleted and " (deleted)" or ""))
     end
     out:write(fmt("%d executable mappings\n", #ms))
   end
