@@ -72,6 +72,10 @@ static int l_new(lua_State *L)
 		lua_getfield(L, 1, "offline");
 		opts.offline = lua_toboolean(L, -1);
 		lua_pop(L, 3);
+		/* unwind_budget = bytes of BPF memory for delta tables (default 64 MiB). */
+		lua_getfield(L, 1, "unwind_budget");
+		opts.unwind_budget_bytes = lua_isnil(L, -1) ? 0 : (size_t)luaL_checknumber(L, -1);
+		lua_pop(L, 1);
 		/* replay = FILE: a raw recording instead of BPF (kept on the stack until
 		 * lupe_session__new has opened it). */
 		lua_getfield(L, 1, "replay");

@@ -254,6 +254,60 @@ t.case("processes that exit while being synchronized: counted, never misnamed, n
     "[unknown] frames in the profile but not counted: %s", err)
 end)
 
+-- The unwinder's BPF memory full: a 1 MiB budget cannot hold the delta tables of a whole
+-- system (libc's alone is ~0.4 M slots). Tables that do not fit are counted (no_room,
+-- rejected), their frames are walked by frame pointers (no_table_frames), and sampling goes
+-- on: the workload is still seen, nothing is lost for it.
+t.case("BPF delta maps full: counted, frames fall back to frame pointers, sampling goes on", function()
+  needs_root()
+  local lupe = require "lupe"
+  local hot = io.popen(tmp .. "/alpha_work 3000 >/dev/null 2>&1 & echo $!"):read("*l")
+  local s = assert(lupe.session{ frequency = 199, unwind_budget = 1048576 })
+  local p = s:run{ duration = 2 }
+  s:close()
+  os.execute("kill " .. hot .. " 2>/dev/null")
+  local st = p.stats
+  print(("    1 MiB budget: %d samples, no_room %d, rejected %d, resident %d; %d frames " ..
+    "without a table, %d by frame pointers"):format(st.samples, st.deltas.no_room,
+    st.deltas.rejected, st.deltas.files_resident, st.no_table_frames, st.fallback_frames))
+  check(st.deltas.no_room + st.deltas.rejected > 0, "nothing was refused for room")
+  check(st.no_table_frames > 0, "no frame fell back for a missing table")
+  local spins = 0
+  for _, e in ipairs(p.entries) do
+    if e.pid == tonumber(hot) and e.frames[1] and e.frames[1].name == "alpha_spin" then
+      spins = spins + e.count
+    end
+  end
+  check(spins > 0, "the workload was not sampled (%d samples in all)", st.samples)
+end)
+
+-- A script's hook that never returns, and one that raises, on a live session: each is cut
+-- (hook_timeout) or caught, reported once and counted, and the session goes on sampling.
+t.case("hooks that loop forever or raise: cut, counted, the session goes on", function()
+  needs_root()
+  local lupe = require "lupe"
+  local hot = io.popen(tmp .. "/alpha_work 3000 >/dev/null 2>&1 & echo $!"):read("*l")
+  local s = assert(lupe.session{ frequency = 199, target = { pids = { tonumber(hot) } },
+                                 hook_timeout = 0.2 })
+  local calls = 0
+  s:on_trace(function() calls = calls + 1 while true do end end)
+  s:on_interval(0.5, function() error("broken on purpose") end)
+  local p = s:run{ duration = 2 }
+  local st = s:stats()
+  s:close()
+  os.execute("kill " .. hot .. " 2>/dev/null")
+  print(("    %d on_trace calls cut, hook errors %d (on_trace %d, on_interval %d), %d samples")
+    :format(calls, st.hook_errors, st.hook_errors_by_hook.on_trace or 0,
+      st.hook_errors_by_hook.on_interval or 0, st.samples))
+  check(calls > 0 and (st.hook_errors_by_hook.on_trace or 0) >= calls,
+    "on_trace ran %d times, %s errors counted", calls, tostring(st.hook_errors_by_hook.on_trace))
+  check((st.hook_errors_by_hook.on_interval or 0) > 0, "the raising on_interval was not counted")
+  -- A failing verdict keeps the trace: nothing sampled is lost to a broken hook.
+  local kept = 0
+  for _, e in ipairs(p.entries) do kept = kept + e.count end
+  check(st.samples > 0 and kept == st.samples, "%d samples, %d kept", st.samples, kept)
+end)
+
 t.case("a reused PID gets the new program's mappings, not the old one's", function()
   needs_root()
   local out, errf = tmp .. "/reuse.folded", tmp .. "/reuse.err"

@@ -553,7 +553,9 @@ end
 -- filter_error_frames, on_hook_error ("continue", the default, or "stop"),
 -- hook_timeout (seconds a hook may run, default 1; false: no limit), strict_hooks (true:
 -- on_interval and on_end run with the JIT off too, so that the limit is airtight),
--- offline (no BPF: samples come from s:inject, for tests),
+-- unwind_budget (bytes of BPF memory for stack-delta tables, default 64 MiB; tables that
+-- do not fit are evicted or left out, counted in stats.deltas, and their frames walked by
+-- frame pointers), offline (no BPF: samples come from s:inject, for tests),
 -- raw (write a raw recording to this file), replay (run from a raw recording instead).
 -- Returns a session, or nil, message, errno.
 function M.session(opts)
@@ -572,6 +574,7 @@ function M.session(opts)
                                     filter_error_frames = opts.filter_error_frames,
                                     unwind = opts.unwind, user = opts.user,
                                     max_frames = opts.max_frames, offline = opts.offline,
+                                    unwind_budget = opts.unwind_budget,
                                     replay = replay }
   if not s then return nil, msg, errno end
   shared.next_id = shared.next_id + 1
