@@ -324,16 +324,10 @@ static const luaL_Reg apm_funcs[] = {
 
 int luaopen_lupe_apm(lua_State *L)
 {
-	luaL_newmetatable(L, APM_MT);
-	lua_newtable(L);
-	luaL_register(L, NULL, apm_methods);
-	lua_setfield(L, -2, "__index");
-	lua_pushcfunction(L, l_close);
-	lua_setfield(L, -2, "__gc");
-	lua_pushcfunction(L, l_tostring);
-	lua_setfield(L, -2, "__tostring");
-	lua_pop(L, 1);
+	static const luaL_Reg meta[] = {
+		{ "__gc", l_close }, { "__tostring", l_tostring }, { NULL, NULL } };
 
+	lupe_lua_class(L, APM_MT, apm_methods, meta);
 	lua_newtable(L);
 	luaL_register(L, NULL, apm_funcs);
 	lua_pushinteger(L, LUPE_APM_MSG_LEN);

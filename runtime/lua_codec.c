@@ -376,17 +376,10 @@ static const luaL_Reg codec_funcs[] = {
 
 int luaopen_lupe_codec(lua_State *L)
 {
-	luaL_newmetatable(L, BUF_MT);
-	lua_newtable(L);
-	luaL_register(L, NULL, buf_methods);
-	lua_setfield(L, -2, "__index");
-	lua_pushcfunction(L, l_close);
-	lua_setfield(L, -2, "__gc");
-	lua_pushcfunction(L, l_buf_tostring);
-	lua_setfield(L, -2, "__tostring");
-	lua_pushcfunction(L, l_len);
-	lua_setfield(L, -2, "__len");
-	lua_pop(L, 1);
+	static const luaL_Reg meta[] = { { "__gc", l_close }, { "__tostring", l_buf_tostring },
+					 { "__len", l_len }, { NULL, NULL } };
+
+	lupe_lua_class(L, BUF_MT, buf_methods, meta);
 
 	lua_newtable(L);
 	luaL_register(L, NULL, codec_funcs);

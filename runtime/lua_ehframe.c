@@ -163,11 +163,9 @@ static const luaL_Reg funcs[] = {
 
 int luaopen_lupe_ehframe(lua_State *L)
 {
-	if (luaL_newmetatable(L, BUF_MT)) {
-		lua_pushcfunction(L, buf_gc);
-		lua_setfield(L, -2, "__gc");
-	}
-	lua_pop(L, 1);
+	static const luaL_Reg meta[] = { { "__gc", buf_gc }, { NULL, NULL } };
+
+	lupe_lua_class(L, BUF_MT, NULL, meta);
 	lua_newtable(L);
 	luaL_register(L, NULL, funcs);
 	return 1;

@@ -574,16 +574,10 @@ static const luaL_Reg procmgr_funcs[] = {
 
 int luaopen_lupe_procmgr(lua_State *L)
 {
-	luaL_newmetatable(L, PROCMGR_MT);
-	lua_newtable(L);
-	luaL_register(L, NULL, procmgr_methods);
-	lua_setfield(L, -2, "__index");
-	lua_pushcfunction(L, l_close);
-	lua_setfield(L, -2, "__gc");
-	lua_pushcfunction(L, l_tostring);
-	lua_setfield(L, -2, "__tostring");
-	lua_pop(L, 1);
+	static const luaL_Reg meta[] = {
+		{ "__gc", l_close }, { "__tostring", l_tostring }, { NULL, NULL } };
 
+	lupe_lua_class(L, PROCMGR_MT, procmgr_methods, meta);
 	lua_newtable(L);
 	luaL_register(L, NULL, procmgr_funcs);
 	return 1;

@@ -586,16 +586,10 @@ static const luaL_Reg repl_funcs[] = {
 
 int luaopen_lupe_repl(lua_State *L)
 {
-	if (luaL_newmetatable(L, EDITOR_MT)) {
-		lua_newtable(L);
-		luaL_register(L, NULL, editor_methods);
-		lua_setfield(L, -2, "__index");
-		lua_pushcfunction(L, l_editor_close);
-		lua_setfield(L, -2, "__gc");
-		lua_pushcfunction(L, l_editor_tostring);
-		lua_setfield(L, -2, "__tostring");
-	}
-	lua_pop(L, 1);
+	static const luaL_Reg meta[] = {
+		{ "__gc", l_editor_close }, { "__tostring", l_editor_tostring }, { NULL, NULL } };
+
+	lupe_lua_class(L, EDITOR_MT, editor_methods, meta);
 	lua_newtable(L);
 	luaL_register(L, NULL, repl_funcs);
 	return 1;

@@ -864,13 +864,9 @@ static const luaL_Reg session_funcs[] = {
 
 int luaopen_lupe_session(lua_State *L)
 {
-	luaL_newmetatable(L, SESSION_MT);
-	lua_newtable(L);
-	luaL_register(L, NULL, session_methods);
-	lua_setfield(L, -2, "__index");
-	lua_pushcfunction(L, l_close);
-	lua_setfield(L, -2, "__gc");
-	lua_pop(L, 1);
+	static const luaL_Reg meta[] = { { "__gc", l_close }, { NULL, NULL } };
+
+	lupe_lua_class(L, SESSION_MT, session_methods, meta);
 	lua_newtable(L);
 	luaL_register(L, NULL, session_funcs);
 	lua_pushstring(L, ffi_cdef);

@@ -50,4 +50,21 @@ static inline uint64_t lupe_check_u64(lua_State *L, int idx)
 	return 0;
 }
 
+/* Registers the metatable `name` of a userdata type, once per state: methods (may be NULL)
+ * as its __index, and the metamethods in meta ({"__gc", f}, {"__tostring", g}, ...).
+ * Leaves the stack as it was. */
+static inline void lupe_lua_class(lua_State *L, const char *name, const luaL_Reg *methods,
+				  const luaL_Reg *meta)
+{
+	if (luaL_newmetatable(L, name)) {
+		if (methods) {
+			lua_newtable(L);
+			luaL_register(L, NULL, methods);
+			lua_setfield(L, -2, "__index");
+		}
+		luaL_register(L, NULL, meta);
+	}
+	lua_pop(L, 1);
+}
+
 #endif
