@@ -3,9 +3,12 @@
 #ifndef LUPE_TEST_H
 #define LUPE_TEST_H
 
+#include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 struct lupe_test {
 	const char *name;
@@ -85,6 +88,25 @@ int main(int argc, char **argv)
 	if (failed)
 		return 1;
 	return passed ? 0 : 77;
+}
+
+/* Runs a shell command (printf-style); returns its exit status, or -1 when it did not exit.
+ * A failing command is printed, so a test's failure shows what ran. */
+static inline int lupe_test_run(const char *fmt, ...)
+{
+	char cmd[4 * PATH_MAX];
+	va_list ap;
+	int st;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	st = system(cmd);
+	if (st == -1 || !WIFEXITED(st))
+		return -1;
+	if (WEXITSTATUS(st))
+		printf("    command failed (%d): %s\n", WEXITSTATUS(st), cmd);
+	return WEXITSTATUS(st);
 }
 
 #endif

@@ -75,23 +75,6 @@ static char *wpath(char *buf, const char *fmt, ...)
 	return buf;
 }
 
-static int run(const char *fmt, ...)
-{
-	char cmd[4 * PATH_MAX];
-	va_list ap;
-	int st;
-
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	st = system(cmd);
-	if (st == -1 || !WIFEXITED(st))
-		return -1;
-	if (WEXITSTATUS(st))
-		printf("    command failed (%d): %s\n", WEXITSTATUS(st), cmd);
-	return WEXITSTATUS(st);
-}
-
 /* The first line of a command's output, without its newline ("" if none). */
 static int capture_line(char *out, size_t len, const char *fmt, ...)
 {
@@ -132,17 +115,17 @@ static bool build(void)
 	if (!w)
 		return false;
 	build_ok =
-		!run("mkdir -p %s/bin %s/gnu %s/badsize %s/run && chmod 755 %s/bin && "
+		!lupe_test_run("mkdir -p %s/bin %s/gnu %s/badsize %s/run && chmod 755 %s/bin && "
 		     "chmod 1777 %s/run", w, w, w, w, w, w) &&
-		!run("cc -O1 -fPIC -mtls-dialect=gnu2 -shared -Wl,-soname,%s -o %s/bin/%s "
+		!lupe_test_run("cc -O1 -fPIC -mtls-dialect=gnu2 -shared -Wl,-soname,%s -o %s/bin/%s "
 		     "%s/apm/agent.c", lib, w, lib, fx) &&
-		!run("cc -O1 -pthread -o %s/bin/app %s/apm/app.c %s/bin/%s -Wl,-rpath,'$ORIGIN'",
+		!lupe_test_run("cc -O1 -pthread -o %s/bin/app %s/apm/app.c %s/bin/%s -Wl,-rpath,'$ORIGIN'",
 		     w, fx, w, lib) &&
-		!run("cc -O1 -fPIC -mtls-dialect=gnu -shared -o %s/gnu/%s %s/apm/agent.c", w, lib,
+		!lupe_test_run("cc -O1 -fPIC -mtls-dialect=gnu -shared -o %s/gnu/%s %s/apm/agent.c", w, lib,
 		     fx) &&
-		!run("cc -O1 -fPIC -mtls-dialect=gnu2 -shared -DAGENT_BAD_STORAGE_SIZE "
+		!lupe_test_run("cc -O1 -fPIC -mtls-dialect=gnu2 -shared -DAGENT_BAD_STORAGE_SIZE "
 		     "-o %s/badsize/%s %s/apm/agent.c", w, lib, fx) &&
-		!run("cp %s/bin/%s %s/bin/libagent.so", w, lib, w);
+		!lupe_test_run("cp %s/bin/%s %s/bin/libagent.so", w, lib, w);
 	return build_ok;
 }
 
@@ -533,12 +516,12 @@ TEST(detect_rejects_impostors)
 	ASSERT_EQ(lupe_apm_detect(-1, "/nonexistent/libagent.so", &l), -ENOENT);
 	/* Named right but not ELF, or missing, or an ELF file without the symbols. */
 	wpath(p, "run/elastic-jvmti-linux-text.so");
-	ASSERT_OK(run("echo 'not an ELF file' > '%s'", p));
+	ASSERT_OK(lupe_test_run("echo 'not an ELF file' > '%s'", p));
 	ASSERT_EQ(lupe_apm_detect(-1, p, &l), -ENOEXEC);
 	wpath(p, "run/elastic-jvmti-linux-missing.so");
 	ASSERT_EQ(lupe_apm_detect(-1, p, &l), -ENOENT);
 	wpath(p, "run/elastic-jvmti-linux-app.so");
-	ASSERT_OK(run("cp %s/bin/app '%s'", work, p));
+	ASSERT_OK(lupe_test_run("cp %s/bin/app '%s'", work, p));
 	ASSERT_EQ(lupe_apm_detect(-1, p, &l), -ENOTSUP);
 	/* Truncated copies of the good library never crash; they are refused or, cut after
 	 * every byte the detection reads, accepted. */
@@ -546,7 +529,7 @@ TEST(detect_rejects_impostors)
 		int err;
 
 		wpath(p, "run/cut/elastic-jvmti-linux-x86_64.so");
-		ASSERT_OK(run("mkdir -p %s/run/cut && head -c %d %s/bin/elastic-jvmti-linux-x86_64.so"
+		ASSERT_OK(lupe_test_run("mkdir -p %s/run/cut && head -c %d %s/bin/elastic-jvmti-linux-x86_64.so"
 			      " > '%s'", work, cut, work, p));
 		err = lupe_apm_detect(-1, p, &l);
 		if (err != 0 && err != -ENOEXEC && err != -EINVAL && err != -ENOTSUP)
@@ -554,7 +537,7 @@ TEST(detect_rejects_impostors)
 	}
 	/* A FIFO named like the library: refused without blocking. */
 	wpath(p, "run/fifo/elastic-jvmti-linux-x86_64.so");
-	ASSERT_OK(run("mkdir -p %s/run/fifo && mkfifo '%s'", work, p));
+	ASSERT_OK(lupe_test_run("mkdir -p %s/run/fifo && mkfifo '%s'", work, p));
 	fd = lupe_apm_detect(-1, p, &l);
 	ASSERT(fd == -ENOEXEC || fd == -EINVAL);
 }
@@ -858,7 +841,7 @@ TEST(hostile_socket_paths_are_refused)
 	wpath(fifo, "run/fifo.sock");
 	ASSERT_OK(mkfifo(fifo, 0666));
 	wpath(file, "run/file.sock");
-	ASSERT_OK(run("touch '%s'", file));
+	ASSERT_OK(lupe_test_run("touch '%s'", file));
 	wpath(link, "run/link.sock");
 	ASSERT_OK(symlink(good, link));
 	for (mode = 0; mode < 2; mode++) {
@@ -898,12 +881,12 @@ TEST(socket_the_target_cannot_write_is_refused)
 
 	if (!is_root())
 		SKIP("needs root (runs the fixture as nobody)");
-	if (run("command -v setpriv >/dev/null") != 0)
+	if (lupe_test_run("command -v setpriv >/dev/null") != 0)
 		SKIP("setpriv is missing");
 	NEED_FIXTURES();
 	wpath(app, "bin/app");
 	wpath(nb, "nobody");
-	ASSERT_OK(run("mkdir -p '%s' && chown nobody '%s'", nb, nb));
+	ASSERT_OK(lupe_test_run("mkdir -p '%s' && chown nobody '%s'", nb, nb));
 	wpath(log, "nobody/app.log");
 	wpath(sock, "run/rootonly.sock");
 	fd = bind_dgram(sock);
@@ -957,7 +940,7 @@ TEST(socket_the_target_cannot_write_is_refused)
  * loader looks by default: without /proc in the chroot, $ORIGIN means nothing. */
 static int make_chroot(const char *dir)
 {
-	return run("set -e; mkdir -p '%s/lib/x86_64-linux-gnu'; cp %s/bin/app '%s'/;"
+	return lupe_test_run("set -e; mkdir -p '%s/lib/x86_64-linux-gnu'; cp %s/bin/app '%s'/;"
 		   " cp %s/bin/elastic-jvmti-linux-x86_64.so '%s/lib/x86_64-linux-gnu/';"
 		   " for f in $(ldd %s/bin/app | grep -o '/[^ ]*'); do cp --parents -L \"$f\" '%s'; done",
 		   dir, work, dir, work, dir, work, dir);
@@ -984,7 +967,7 @@ TEST(symlinks_out_of_the_target_root_are_refused)
 	chmod(outside, 0777);
 	/* Inside the chroot: an absolute link naming the outside socket's host path, and a
 	 * relative one climbing far above the chroot to reach it. */
-	ASSERT_OK(run("ln -s '%s' '%s/abs.sock' && ln -s '../../../../../../../../..%s' '%s/rel.sock'",
+	ASSERT_OK(lupe_test_run("ln -s '%s' '%s/abs.sock' && ln -s '../../../../../../../../..%s' '%s/rel.sock'",
 		      outside, root, outside, root));
 	/* Before any lupe code: the naive path (root prefix + path) would escape. */
 	snprintf(p, sizeof(p), "%s/abs.sock", root);
@@ -1047,13 +1030,13 @@ TEST(send_stays_in_the_target_mount_namespace)
 
 	if (!is_root())
 		SKIP("needs root (unshare -m)");
-	if (run("command -v unshare >/dev/null") != 0)
+	if (lupe_test_run("command -v unshare >/dev/null") != 0)
 		SKIP("unshare is missing");
 	NEED_FIXTURES();
 	wpath(dir, "mnt");
 	wpath(app, "bin/app");
 	wpath(log, "run/mnt.log");
-	ASSERT_OK(run("mkdir -p '%s'", dir));
+	ASSERT_OK(lupe_test_run("mkdir -p '%s'", dir));
 	/* The host sees a decoy socket at the very path the agent binds in its own tmpfs. */
 	wpath(decoy, "mnt/s.sock");
 	fd = bind_dgram(decoy);

@@ -53,23 +53,6 @@ static char *fixture(char *buf, const char *name)
 	return buf;
 }
 
-static int run(const char *fmt, ...)
-{
-	char cmd[4 * PATH_MAX];
-	va_list ap;
-	int st;
-
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	st = system(cmd);
-	if (st == -1 || !WIFEXITED(st))
-		return -1;
-	if (WEXITSTATUS(st))
-		printf("    command failed (%d): %s\n", WEXITSTATUS(st), cmd);
-	return WEXITSTATUS(st);
-}
-
 static bool have(const char *tool)
 {
 	char cmd[256];
@@ -94,7 +77,7 @@ static const char *build(char *out, const char *name, const char *cc, const char
 			return out;
 	if (!have(cc))
 		return NULL;
-	if (run("%s %s -o '%s' '%s' 2>&1", cc, flags, out, fixture(in, src)) != 0)
+	if (lupe_test_run("%s %s -o '%s' '%s' 2>&1", cc, flags, out, fixture(in, src)) != 0)
 		return NULL;
 	if (ndone < 16)
 		snprintf(done[ndone++], sizeof(done[0]), "%s", name);
@@ -1106,7 +1089,7 @@ TEST(errors)
 		int rc;
 
 		ASSERT(prov);
-		ASSERT_OK(run("objcopy -R .eh_frame -R .eh_frame_hdr -R .debug_frame '%s' '%s'", p,
+		ASSERT_OK(lupe_test_run("objcopy -R .eh_frame -R .eh_frame_hdr -R .debug_frame '%s' '%s'", p,
 			      wpath(q, "plain-nocfi")));
 		ASSERT_EQ(extract_path(q, NULL, &d, NULL), -ENOENT);
 		info.fd = open(q, O_RDONLY | O_CLOEXEC);

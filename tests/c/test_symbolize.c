@@ -62,24 +62,6 @@ static char *path_in(char *buf, const char *fmt, ...)
 	return buf;
 }
 
-/* Runs a shell command; returns its exit status (or -1). */
-static int run(const char *fmt, ...)
-{
-	char cmd[4 * PATH_MAX];
-	va_list ap;
-	int st;
-
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	st = system(cmd);
-	if (st == -1 || !WIFEXITED(st))
-		return -1;
-	if (WEXITSTATUS(st))
-		printf("    command failed (%d): %s\n", WEXITSTATUS(st), cmd);
-	return WEXITSTATUS(st);
-}
-
 /* A command's whole stdout, malloc'd (NULL on failure). */
 static char *capture(const char *fmt, ...)
 {
@@ -118,7 +100,7 @@ static char *capture(const char *fmt, ...)
 
 static bool have(const char *tool)
 {
-	return run("command -v %s >/dev/null 2>&1", tool) == 0;
+	return lupe_test_run("command -v %s >/dev/null 2>&1", tool) == 0;
 }
 
 /* ---- the fixture binaries, built once ------------------------------------------------ */
@@ -144,11 +126,11 @@ static const struct fixture_bins *build_fixtures(void)
 	path_in(bins.cxx, "progxx");
 	path_in(bins.c_debug, "prog.debug");
 	path_in(bins.cxx_debug, "progxx.debug");
-	if (run("cc -g -O2 -Wl,--build-id -o %s %s/symbolize/prog.c", bins.c, fx) ||
-	    run("cc -g -O2 -rdynamic -o %s %s/symbolize/prog.c", bins.c_rdyn, fx) ||
-	    run("c++ -g -O2 -Wl,--build-id -o %s %s/symbolize/prog.cpp", bins.cxx, fx) ||
-	    run("objcopy --only-keep-debug %s %s", bins.c, bins.c_debug) ||
-	    run("objcopy --only-keep-debug %s %s", bins.cxx, bins.cxx_debug))
+	if (lupe_test_run("cc -g -O2 -Wl,--build-id -o %s %s/symbolize/prog.c", bins.c, fx) ||
+	    lupe_test_run("cc -g -O2 -rdynamic -o %s %s/symbolize/prog.c", bins.c_rdyn, fx) ||
+	    lupe_test_run("c++ -g -O2 -Wl,--build-id -o %s %s/symbolize/prog.cpp", bins.cxx, fx) ||
+	    lupe_test_run("objcopy --only-keep-debug %s %s", bins.c, bins.c_debug) ||
+	    lupe_test_run("objcopy --only-keep-debug %s %s", bins.cxx, bins.cxx_debug))
 		return NULL;
 	bins.state = 1;
 	return &bins;
@@ -582,7 +564,7 @@ TEST(symtab_rust_legacy_and_v0)
 		long n;
 		bool found = false;
 
-		ASSERT_OK(run("rustc -O -g %s -o '%s' '%s' 2>/dev/null", modes[i], outs[i], src));
+		ASSERT_OK(lupe_test_run("rustc -O -g %s -o '%s' '%s' 2>/dev/null", modes[i], outs[i], src));
 		st = lupe_symtab__load(outs[i], -1, NULL);
 		ASSERT(st);
 		n = check_file_nm(st, "-C", outs[i]);
@@ -688,7 +670,7 @@ TEST(symtab_stripped_uses_dynsym)
 
 	NEED_FIXTURES(b);
 	mkdir(path_in(root, "empty_root"), 0755);
-	ASSERT_OK(run("strip -o '%s' '%s'", path_in(s, "prog_rdyn_s"), b->c_rdyn));
+	ASSERT_OK(lupe_test_run("strip -o '%s' '%s'", path_in(s, "prog_rdyn_s"), b->c_rdyn));
 	st = load_with_root(s, root, LUPE_DEMANGLE_LAZY);
 	ASSERT(st);
 	ASSERT_EQ(lupe_symtab__source(st), LUPE_SYMSRC_DYNSYM);
@@ -707,7 +689,7 @@ TEST(symtab_stripped_without_symbols_is_empty)
 
 	NEED_FIXTURES(b);
 	mkdir(path_in(root, "empty_root"), 0755);
-	ASSERT_OK(run("strip -o '%s' '%s'", path_in(s, "prog_s"), b->c));
+	ASSERT_OK(lupe_test_run("strip -o '%s' '%s'", path_in(s, "prog_s"), b->c));
 	ASSERT_OK(nm_load(&l, "-D", s));
 	for (size_t i = 0; i < l.n; i++)
 		dyn_funcs += is_func_type(l.s[i].type);
@@ -738,11 +720,11 @@ static int debuglink_case(const struct fixture_bins *b, const char *tag, int whe
 		snprintf(dbg, sizeof(dbg), "%s/.debug/prog.debug", dir);
 	else
 		snprintf(dbg, sizeof(dbg), "%s%s/prog.debug", root, dir);
-	if (run("mkdir -p '%s' '%s' && mkdir -p \"$(dirname '%s')\"", dir, root, dbg) ||
-	    run("objcopy --strip-all --add-gnu-debuglink='%s' '%s' '%s'", b->c_debug, b->c, exe) ||
-	    run("cp '%s' '%s'", b->c_debug, dbg))
+	if (lupe_test_run("mkdir -p '%s' '%s' && mkdir -p \"$(dirname '%s')\"", dir, root, dbg) ||
+	    lupe_test_run("objcopy --strip-all --add-gnu-debuglink='%s' '%s' '%s'", b->c_debug, b->c, exe) ||
+	    lupe_test_run("cp '%s' '%s'", b->c_debug, dbg))
 		return -1;
-	if (where == 3 && run("printf x >> '%s'", dbg)) /* the CRC no longer matches */
+	if (where == 3 && lupe_test_run("printf x >> '%s'", dbg)) /* the CRC no longer matches */
 		return -1;
 	st = load_with_root(exe, root, LUPE_DEMANGLE_LAZY);
 	if (!st)
@@ -831,8 +813,8 @@ TEST(symtab_build_id_debug_file)
 	ASSERT_OK(readelf_build_id(b->c, hex, sizeof(hex)));
 	path_in(root, "bid/root");
 	snprintf(want, sizeof(want), "%s/.build-id/%.2s/%s.debug", root, hex, hex + 2);
-	ASSERT_OK(run("mkdir -p \"$(dirname '%s')\" && cp '%s' '%s'", want, b->c_debug, want));
-	ASSERT_OK(run("objcopy --strip-all '%s' '%s'", b->c, path_in(exe, "bid/prog")));
+	ASSERT_OK(lupe_test_run("mkdir -p \"$(dirname '%s')\" && cp '%s' '%s'", want, b->c_debug, want));
+	ASSERT_OK(lupe_test_run("objcopy --strip-all '%s' '%s'", b->c, path_in(exe, "bid/prog")));
 	st = load_with_root(exe, root, LUPE_DEMANGLE_LAZY);
 	ASSERT(st);
 	ASSERT_EQ(lupe_symtab__source(st), LUPE_SYMSRC_BUILD_ID);
@@ -856,8 +838,8 @@ TEST(symtab_build_id_mismatch_is_rejected)
 	path_in(root, "bidbad/root");
 	snprintf(want, sizeof(want), "%s/.build-id/%.2s/%s.debug", root, hex, hex + 2);
 	/* Another program's debug file under this program's build ID. */
-	ASSERT_OK(run("mkdir -p \"$(dirname '%s')\" && cp '%s' '%s'", want, b->cxx_debug, want));
-	ASSERT_OK(run("objcopy --strip-all '%s' '%s'", b->c, path_in(exe, "bidbad/prog")));
+	ASSERT_OK(lupe_test_run("mkdir -p \"$(dirname '%s')\" && cp '%s' '%s'", want, b->cxx_debug, want));
+	ASSERT_OK(lupe_test_run("objcopy --strip-all '%s' '%s'", b->c, path_in(exe, "bidbad/prog")));
 	st = load_with_root(exe, root, LUPE_DEMANGLE_LAZY);
 	ASSERT(st);
 	lupe_symtab__stats(st, &stats);
@@ -958,7 +940,7 @@ TEST(symtab_rejects_non_elf)
 	ASSERT_EQ(errno, EINVAL);
 	if (have("cc")) { /* a relocatable object has no virtual addresses */
 		snprintf(src, sizeof(src), "%s/symbolize/prog.c", fixtures());
-		ASSERT_OK(run("cc -c -o '%s' '%s'", path_in(obj, "prog.o"), src));
+		ASSERT_OK(lupe_test_run("cc -c -o '%s' '%s'", path_in(obj, "prog.o"), src));
 		ASSERT(load_fails_with(obj, ENOEXEC, ENOEXEC));
 	}
 }
@@ -1365,7 +1347,7 @@ TEST(ksyms_live_copy_every_symbol)
 
 	if (access("/proc/kallsyms", R_OK) || !workdir())
 		SKIP("/proc/kallsyms not readable");
-	ASSERT_OK(run("cat /proc/kallsyms > '%s'", path_in(copy, "kallsyms_copy")));
+	ASSERT_OK(lupe_test_run("cat /proc/kallsyms > '%s'", path_in(copy, "kallsyms_copy")));
 	ks = lupe_ksyms__load(copy);
 	if (!ks && errno == EPERM)
 		SKIP("kallsyms addresses hidden (kptr_restrict)");
