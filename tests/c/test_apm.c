@@ -967,8 +967,9 @@ TEST(symlinks_out_of_the_target_root_are_refused)
 	chmod(outside, 0777);
 	/* Inside the chroot: an absolute link naming the outside socket's host path, and a
 	 * relative one climbing far above the chroot to reach it. */
-	ASSERT_OK(lupe_test_run("ln -s '%s' '%s/abs.sock' && ln -s '../../../../../../../../..%s' '%s/rel.sock'",
-		      outside, root, outside, root));
+	ASSERT_OK(lupe_test_run("ln -s '%s' '%s/abs.sock' && "
+				"ln -s '../../../../../../../../..%s' '%s/rel.sock'",
+				outside, root, outside, root));
 	/* Before any lupe code: the naive path (root prefix + path) would escape. */
 	snprintf(p, sizeof(p), "%s/abs.sock", root);
 	{

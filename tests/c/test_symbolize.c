@@ -721,7 +721,8 @@ static int debuglink_case(const struct fixture_bins *b, const char *tag, int whe
 	else
 		snprintf(dbg, sizeof(dbg), "%s%s/prog.debug", root, dir);
 	if (lupe_test_run("mkdir -p '%s' '%s' && mkdir -p \"$(dirname '%s')\"", dir, root, dbg) ||
-	    lupe_test_run("objcopy --strip-all --add-gnu-debuglink='%s' '%s' '%s'", b->c_debug, b->c, exe) ||
+	    lupe_test_run("objcopy --strip-all --add-gnu-debuglink='%s' '%s' '%s'", b->c_debug,
+			  b->c, exe) ||
 	    lupe_test_run("cp '%s' '%s'", b->c_debug, dbg))
 		return -1;
 	if (where == 3 && lupe_test_run("printf x >> '%s'", dbg)) /* the CRC no longer matches */
