@@ -20,8 +20,10 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <linux/openat2.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -265,6 +267,25 @@ static int bind_dgram(const char *path)
 }
 
 /* Whether fd has a datagram waiting. */
+/* Whether this kernel (or valgrind, which lacks it up to 3.19) runs openat2: without it
+ * lupe_apm resolves by the walk whatever it is asked, so only the walk can be checked. */
+static bool have_openat2(void)
+{
+	static int have = -1;
+	struct open_how how = { .flags = O_PATH | O_CLOEXEC };
+	long fd;
+
+	if (have < 0) {
+		fd = syscall(SYS_openat2, AT_FDCWD, "/", &how, sizeof(how));
+		have = !(fd < 0 && errno == ENOSYS);
+		if (fd >= 0)
+			close((int)fd);
+		if (!have)
+			printf("    openat2 is missing here: only the component walk is checked\n");
+	}
+	return have;
+}
+
 static bool has_datagram(int fd)
 {
 	char b[64];
@@ -844,7 +865,7 @@ TEST(hostile_socket_paths_are_refused)
 	ASSERT_OK(lupe_test_run("touch '%s'", file));
 	wpath(link, "run/link.sock");
 	ASSERT_OK(symlink(good, link));
-	for (mode = 0; mode < 2; mode++) {
+	for (mode = have_openat2() ? 0 : 1; mode < 2; mode++) {
 		bool walk = mode == 1;
 
 		/* The baseline: a socket anyone may write is accepted. */
@@ -979,7 +1000,7 @@ TEST(symlinks_out_of_the_target_root_are_refused)
 		ASSERT(S_ISSOCK(sb.st_mode));
 	}
 	snprintf(log, sizeof(log), "%s/app.log", root);
-	for (mode = 0; mode < 2; mode++) {
+	for (mode = have_openat2() ? 0 : 1; mode < 2; mode++) {
 		static const char *const paths[] = { "/abs.sock", "/rel.sock", "/in.sock" };
 
 		for (i = 0; i < 3; i++) {
