@@ -210,6 +210,12 @@ static int l_interrupted(lua_State *L)
 	return 1;
 }
 
+static int l_clear_interrupted(lua_State *L)
+{
+	lupe_session_clear_interrupted();
+	return 0;
+}
+
 static int l_install_signals(lua_State *L)
 {
 	lupe_session_install_signal_handlers();
@@ -857,6 +863,7 @@ static const luaL_Reg session_methods[] = {
 static const luaL_Reg session_funcs[] = {
 	{ "new", l_new },
 	{ "interrupted", l_interrupted },
+	{ "clear_interrupted", l_clear_interrupted },
 	{ "install_signal_handlers", l_install_signals },
 	{ "window_open", l_window_open },
 	{ NULL, NULL },

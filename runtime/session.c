@@ -155,6 +155,18 @@ static volatile sig_atomic_t interrupted;
 
 static void on_signal(int sig)
 {
+	static const char msg[] = "lupe: interrupted again: quitting without writing output\n";
+
+	/* A script that runs again after an interrupt (a loop of runs) would end each run at
+	 * once and never stop: a second Ctrl-C quits, as the default action would. */
+	if (interrupted && sig == SIGINT) {
+		if (write(STDERR_FILENO, msg, sizeof(msg) - 1) < 0) {
+			/* nothing else to do in a handler */
+		}
+		signal(SIGINT, SIG_DFL);
+		raise(SIGINT);
+		return;
+	}
 	interrupted = 1;
 }
 
@@ -177,6 +189,11 @@ void lupe_session_install_signal_handlers(void)
 bool lupe_session_interrupted(void)
 {
 	return interrupted;
+}
+
+void lupe_session_clear_interrupted(void)
+{
+	interrupted = 0;
 }
 
 /* ---- small helpers -------------------------------------------------------------------- */

@@ -78,9 +78,12 @@ int lupe_session__ingest_sample(struct lupe_session *s, const struct lupe_sample
 int lupe_session__ingest_event(struct lupe_session *s, const struct lupe_proc_event *ev);
 
 /* SIGINT/SIGTERM (and SIGHUP, unless something else handles it) set a flag that ends the
- * wait (installed once, process-wide). */
+ * wait (installed once, process-wide). The flag stays set, so that later runs end at once,
+ * until cleared (the REPL clears it before each line); a second SIGINT while it is set
+ * kills the process as SIGINT's default action does. */
 void lupe_session_install_signal_handlers(void);
 bool lupe_session_interrupted(void);
+void lupe_session_clear_interrupted(void);
 
 int lupe_session__set_frequency(struct lupe_session *s, unsigned int hz);
 unsigned int lupe_session__frequency(const struct lupe_session *s);

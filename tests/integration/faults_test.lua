@@ -166,6 +166,51 @@ t.case("SIGHUP is treated like SIGINT (lupe record without --watch)", function()
   signal_case("HUP")
 end)
 
+t.case("a script that runs again after Ctrl-C: later runs end at once, a second Ctrl-C quits", function()
+  -- Offline: no BPF, no root; the flag and the handler are the same as live.
+  if not tmp then tmp = t.tmpdir() end
+  local script, log, stf = tmp .. "/loop.lua", tmp .. "/loop.log", tmp .. "/loop.status"
+  local f = assert(io.open(script, "w"))
+  f:write([[
+local s = assert(require("lupe").session{ offline = true })
+local out = assert(io.open(arg[1], "w"))
+out:setvbuf("line")
+out:write("ready\n")
+local runs = 0
+while true do
+  s:run{ duration = 30 }
+  runs = runs + 1
+  if runs == 1 or runs == 1000 then out:write("runs ", runs, "\n") end
+end
+]])
+  f:close()
+  os.remove(stf)
+  local pid = tonumber(io.popen(("sh -c '%s run %s %s 2>%s.err & echo $!; wait $!; echo $? >%s' &")
+    :format(t.bin, script, log, log, stf)):read("*l"))
+  local function wait_for(pat)
+    for _ = 1, 200 do
+      if (slurp(log) or ""):match(pat) then return true end
+      sleep(0.05)
+    end
+  end
+  check(wait_for("ready"), "the script did not start: %s", slurp(log .. ".err") or "")
+  os.execute("kill -INT " .. pid)
+  -- The first run ends; the script keeps calling s:run, each ending at once.
+  check(wait_for("runs 1000\n"), "runs after an interrupt did not end at once: %s", slurp(log) or "")
+  os.execute("kill -INT " .. pid)
+  local st
+  for _ = 1, 100 do
+    st = tonumber(slurp(stf) or "")
+    if st then break end
+    sleep(0.05)
+  end
+  if not st then os.execute("kill -9 " .. pid) end
+  local err = slurp(log .. ".err") or ""
+  print(("    second SIGINT: exit status %s; stderr: %s"):format(tostring(st), err:gsub("\n", " ")))
+  check(st == 130, "a second SIGINT did not quit the looping script (status %s)", tostring(st))
+  check(err:match("interrupted again"), "no message on stderr: %s", err)
+end)
+
 t.case("a signal during start-up leaves nothing behind", function()
   needs_root()
   local out, errf = tmp .. "/early.folded", tmp .. "/early.err"

@@ -100,6 +100,9 @@ t.case("helpers, an error, completion, Ctrl-C and Ctrl-D on a live session", fun
     '("prompt", "nosuch.x\\r")',
     '("1.0", "while true do end\\r")',
     '("prompt", "\\x03")',        -- Ctrl-C stops a running loop
+    '("1.0", "s:run{duration = 30} print(\\"run1 ended\\")\\r")',
+    '("prompt", "\\x03")',        -- Ctrl-C ends the run (the line goes on)
+    '("prompt", "t0 = os.time() s:run{duration = 2} print(\\"run2 took\\", os.time() - t0)\\r")',
     '("1.0", "lupe.se\\t")',      -- completes to lupe.session(
     '("prompt", "\\x03")',        -- Ctrl-C clears it
     '("prompt", "lupe.vers\\t\\r")',
@@ -128,6 +131,10 @@ t.case("helpers, an error, completion, Ctrl-C and Ctrl-D on a live session", fun
       "flame() wrote no SVG")
     check(out:match("error: stdin:1: attempt to index global 'nosuch'"), "no error:\n%s", out)
     check(out:match("while true do end\n%^Cerror: interrupted"), "Ctrl-C did not stop the loop:\n%s", out)
+    check(out:match("%^Crun1 ended\n"), "Ctrl-C did not end s:run:\n%s", out)
+    -- The interrupt is the last line's: the next run lasts its 2 s.
+    local took = tonumber(out:match("run2 took\t(%d+)"))
+    check(took and took >= 1, "the run after an interrupted one ended at once:\n%s", out)
     check(out:match("lupe%.se[^\n]*ssion%("), "Tab did not complete lupe.se:\n%s", out)
     check(out:match("%^C\n"), "Ctrl-C not shown:\n%s", out)
     check(out:match("ion\n\"%d+%.%d+%.%d+\"\n"), "lupe.vers<Tab> did not evaluate:\n%s", out)

@@ -368,6 +368,8 @@ function M.main(args)
     else
       local src = pending and (pending .. "\n" .. line) or line
       if src:match("%S") then
+        -- A Ctrl-C that ended an earlier line's s:run must not end this line's at once.
+        require("lupe.native").session.clear_interrupted()
         native.sigint_guard(true)
         local ok, res, incomplete = M.evaluate(src, env)
         native.sigint_guard(false)
