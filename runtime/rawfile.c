@@ -242,6 +242,16 @@ int lupe_rawfile_writer__write(struct lupe_rawfile_writer *w, const struct lupe_
 		put64(p, r->end.ktime);
 		n = 8;
 		break;
+	case LUPE_RAW_SERVICE: {
+		size_t ln = put_str(p + 12, r->service.name);
+
+		put32(p, r->service.pid);
+		put32(p + 4, r->service.gen);
+		put16(p + 8, (uint16_t)ln);
+		put16(p + 10, 0);
+		n = 12 + ln;
+		break;
+	}
 	default:
 		return -EINVAL;
 	}
@@ -444,7 +454,7 @@ static const char *type_name(uint32_t t)
 {
 	static const char *const names[] = { "?", "SAMPLE", "EVENT", "MAPPING", "FILE", "SYMBOL",
 					     "KSYMBOL", "POLL", "CLOCK", "STATS", "STOP", "KREADY",
-					     "NOTE", "END" };
+					     "NOTE", "END", "SERVICE" };
 
 	return t < sizeof(names) / sizeof(names[0]) ? names[t] : "?";
 }
@@ -568,6 +578,14 @@ static int decode(struct lupe_rawfile_reader *r, uint32_t type, const uint8_t *p
 		NEED(n == 8);
 		out->end.ktime = get64(p);
 		break;
+	case LUPE_RAW_SERVICE:
+		NEED(n >= 12);
+		ln = get16(p + 8);
+		NEED(n == 12 + ln && ln <= LUPE_RAW_MAX_STRING);
+		out->service.pid = get32(p);
+		out->service.gen = get32(p + 4);
+		out->service.name = take_str(r, &used, p + 12, ln);
+		break;
 	}
 	return 0;
 #undef NEED
@@ -607,7 +625,7 @@ int lupe_rawfile_reader__next(struct lupe_rawfile_reader *r, struct lupe_raw_rec
 		if (got < len)
 			return fail(r, -ENODATA, "truncated %s record at offset %llu: %zu of %u bytes",
 				    type_name(type), (unsigned long long)at, got, len);
-		if (type == 0 || type > LUPE_RAW_END) {
+		if (type == 0 || type > LUPE_RAW_LAST) {
 			/* A newer minor version's record: skip it. Type 0 is never valid. */
 			if (type == 0 || r->hdr.minor <= LUPE_RAW_MINOR)
 				return fail(r, -EBADMSG, "unknown record type %u at offset %llu",

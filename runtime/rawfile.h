@@ -21,7 +21,7 @@
 
 #define LUPE_RAW_MAGIC "LUPE-RAW"       /* 8 bytes, no NUL */
 #define LUPE_RAW_MAJOR 1                /* readers reject a newer major version */
-#define LUPE_RAW_MINOR 0                /* newer minors only add record types/fields */
+#define LUPE_RAW_MINOR 1                /* newer minors only add record types/fields */
 #define LUPE_RAW_MAX_PAYLOAD 65536      /* a longer record is corrupt */
 #define LUPE_RAW_MAX_STRING 4096        /* paths and names are cut to this on writing */
 
@@ -53,6 +53,8 @@ enum lupe_raw_type {
 	LUPE_RAW_KREADY = 11,   /* kernel symbols became ready (names are given from now on) */
 	LUPE_RAW_NOTE = 12,     /* a fact the script recorded (key, value): its target... */
 	LUPE_RAW_END = 13,      /* the last record of a complete file */
+	LUPE_RAW_SERVICE = 14,  /* (1.1) a process's APM service name became known */
+	LUPE_RAW_LAST = LUPE_RAW_SERVICE,
 };
 
 /* The tracer's counters in STATS, in this order (struct lupe_tracer_stats). */
@@ -115,6 +117,10 @@ struct lupe_raw_record {
 		struct {
 			uint64_t ktime;
 		} end;
+		struct {
+			uint32_t pid, gen;
+			const char *name;
+		} service;
 	};
 };
 

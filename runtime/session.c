@@ -105,6 +105,7 @@ struct lupe_session {
 	struct lupe_hashmap *raw_syms;      /* {host, addr} -> 1 */
 	struct lupe_hashmap *raw_ksyms;     /* {addr, 0} -> 1 */
 	struct lupe_hashmap *raw_files;     /* {host, 0} -> 1 */
+	struct lupe_hashmap *raw_svc;       /* {pid << 32 | gen, 0} -> interned service */
 	bool raw_kready;
 	/* Replay (opts.replay_path): the recording, one record read ahead, and what it told. */
 	struct lupe_rawfile_reader *rp;
@@ -115,6 +116,7 @@ struct lupe_session {
 	struct lupe_hashmap *rp_syms;       /* {host, addr} -> struct rp_sym */
 	struct lupe_hashmap *rp_ksyms;      /* {addr, 0} -> struct rp_sym */
 	struct lupe_hashmap *rp_files;      /* {host, 0} -> interned path */
+	struct lupe_hashmap *rp_svc;        /* {pid << 32 | gen, 0} -> interned service */
 	uint32_t rp_frequency, rp_ncpus;
 	uint64_t rp_counters[LUPE_RAW_NSTATS];
 	struct lupe_hashmap *rp_notes;      /* {fnv64(key), len} -> struct rp_note */
@@ -833,18 +835,63 @@ static void apm_tally(struct lupe_session *s, size_t idx, const struct lupe_samp
 	s->ntally++;
 }
 
-/* The service name of pid's agent, interned; NULL without one. */
-static const char *apm_service(struct lupe_session *s, pid_t pid)
+static struct lupe_key svc_key(pid_t pid, uint32_t gen)
 {
-	const char *svc = s->apm ? lupe_apm__service(s->apm, pid) : NULL;
+	return (struct lupe_key){ (uint64_t)(uint32_t)pid << 32 | gen, 0 };
+}
 
-	return svc ? intern(s, svc) : NULL;
+/* Recording: a (pid, generation)'s service name each time it is first given or changes,
+ * since a replay has no agent to ask. svc is interned: a pointer compare tells a change. */
+static void raw_service(struct lupe_session *s, pid_t pid, uint32_t gen, const char *svc)
+{
+	struct lupe_raw_record r = { .type = LUPE_RAW_SERVICE };
+
+	if (!s->raw || !svc)
+		return;
+	r.service.pid = (uint32_t)pid;
+	r.service.gen = gen;
+	r.service.name = svc;
+	raw_write_once(s, s->raw_svc, svc_key(pid, gen), (void *)svc, &r);
+}
+
+/* The service name of pid's agent (pid in its generation gen), interned; NULL without
+ * one. A replay answers from the recording's SERVICE records. */
+static const char *apm_service(struct lupe_session *s, pid_t pid, uint32_t gen)
+{
+	const char *svc;
+
+	if (s->rp)
+		return lupe_hashmap__get(s->rp_svc, svc_key(pid, gen));
+	svc = s->apm ? lupe_apm__service(s->apm, pid) : NULL;
+	svc = svc ? intern(s, svc) : NULL;
+	raw_service(s, pid, gen, svc);
+	return svc;
+}
+
+/* Replay of a SERVICE record: later entries of (pid, gen) get the name, and so do its
+ * earlier ones, as the live session's relabelling at the end of that drain did. */
+static int rp_service(struct lupe_session *s, const struct lupe_raw_record *r)
+{
+	const char *svc = intern(s, r->service.name);
+	size_t j;
+
+	if (!svc || lupe_hashmap__set(s->rp_svc, svc_key((pid_t)r->service.pid, r->service.gen),
+				      (void *)svc, NULL))
+		return -ENOMEM;
+	for (j = 0; j < s->nentries; j++) {
+		if (s->entries[j].pid == (pid_t)r->service.pid && s->raws[j].gen == r->service.gen &&
+		    s->entries[j].service != svc) {
+			s->entries[j].service = svc;
+			s->relabelled++;
+		}
+	}
+	return 0;
 }
 
 /* A new entry (index idx) of smp's process: labelled if the process has an agent. */
 static void apm_new_entry(struct lupe_session *s, size_t idx, const struct lupe_sample *smp)
 {
-	s->entries[idx].service = apm_service(s, s->entries[idx].pid);
+	s->entries[idx].service = apm_service(s, s->entries[idx].pid, s->raws[idx].gen);
 	if (smp->flags & LUPE_SAMPLE_APM)
 		apm_tally(s, idx, smp);
 }
@@ -891,7 +938,7 @@ static void apm_poll(struct lupe_session *s)
 	for (i = 0; i < s->nrelabel; i++) {
 		pid_t pid = s->relabel[i];
 		uint32_t gen = pid_gen(s, pid);
-		const char *svc = apm_service(s, pid);
+		const char *svc = apm_service(s, pid, gen);
 
 		for (j = 0; svc && j < s->nentries; j++) {
 			if (s->entries[j].pid == pid && s->raws[j].gen == gen &&
@@ -916,8 +963,10 @@ static void apm_poll(struct lupe_session *s)
 		raw = (struct lupe_raw_trace){ .pid = e->pid, .apm = &t->ids };
 		svc = lupe_procmgr__notify_apm(s->pm, &raw, s->traces[e->trace].hash, t->count);
 		s->st.apm_notified += t->count;
-		if (svc && (!e->service || strcmp(e->service, svc)))
+		if (svc && (!e->service || strcmp(e->service, svc))) {
 			e->service = intern(s, svc);
+			raw_service(s, e->pid, s->raws[t->entry - 1].gen, e->service);
+		}
 		*t = (struct apm_tally){ 0 };
 	}
 	s->ntally = 0;
@@ -1297,6 +1346,8 @@ static int rp_apply(struct lupe_session *s)
 	case LUPE_RAW_END:
 		s->rp_done = true;
 		break;
+	case LUPE_RAW_SERVICE:
+		return rp_service(s, r);
 	}
 	return err;
 }
@@ -1697,7 +1748,8 @@ int lupe_session__record_raw(struct lupe_session *s, const char *path)
 	s->raw_syms = lupe_hashmap__new();
 	s->raw_ksyms = lupe_hashmap__new();
 	s->raw_files = lupe_hashmap__new();
-	if (!s->raw_maps || !s->raw_syms || !s->raw_ksyms || !s->raw_files)
+	s->raw_svc = lupe_hashmap__new();
+	if (!s->raw_maps || !s->raw_syms || !s->raw_ksyms || !s->raw_files || !s->raw_svc)
 		return -ENOMEM;
 	f = fopen(path, "we");
 	if (!f) {
@@ -1810,9 +1862,10 @@ static int open_replay(struct lupe_session *s, const char *path)
 	s->rp_ksyms = lupe_hashmap__new();
 	s->rp_files = lupe_hashmap__new();
 	s->rp_notes = lupe_hashmap__new();
+	s->rp_svc = lupe_hashmap__new();
 	s->rp_rec = malloc(sizeof(*s->rp_rec));
 	if (!s->rp_maps || !s->rp_syms || !s->rp_ksyms || !s->rp_files || !s->rp_notes ||
-	    !s->rp_rec)
+	    !s->rp_svc || !s->rp_rec)
 		return -ENOMEM;
 	f = fopen(path, "re");
 	if (!f) {
@@ -1974,6 +2027,7 @@ void lupe_session__free(struct lupe_session *s)
 	lupe_hashmap__free(s->raw_syms);
 	lupe_hashmap__free(s->raw_ksyms);
 	lupe_hashmap__free(s->raw_files);
+	lupe_hashmap__free(s->raw_svc);
 	lupe_rawfile_reader__free(s->rp);
 	free(s->rp_rec);
 	free_values(s->rp_maps);
@@ -1981,6 +2035,7 @@ void lupe_session__free(struct lupe_session *s)
 	free_values(s->rp_ksyms);
 	free_values(s->rp_notes);
 	lupe_hashmap__free(s->rp_files);   /* interned strings: freed with the others */
+	lupe_hashmap__free(s->rp_svc);
 	/* Sampling stops with the tracer: the manager's release of every process need not
 	 * write the unwinder's maps, which go with it. */
 	lupe_stackdeltas__detach(s->unwinder);

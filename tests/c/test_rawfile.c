@@ -109,6 +109,12 @@ static uint8_t *write_all(size_t *len, uint32_t minor_hack)
 	r.type = LUPE_RAW_STOP;
 	r.stop.exit_status = 3;
 	lupe_rawfile_writer__write(w, &r);
+	memset(&r, 0, sizeof(r));
+	r.type = LUPE_RAW_SERVICE;
+	r.service.pid = 7;
+	r.service.gen = 2;
+	r.service.name = "checkout-svc";
+	lupe_rawfile_writer__write(w, &r);
 	if (lupe_rawfile_writer__close(w, 3000))
 		return NULL;
 	if (minor_hack)
@@ -234,6 +240,11 @@ static void check_all(struct lupe_rawfile_reader *rd)
 	ASSERT_EQ(r->type, LUPE_RAW_STOP);
 	ASSERT_EQ(r->stop.exit_status, 3);
 	ASSERT_EQ(lupe_rawfile_reader__next(rd, r), 1);
+	ASSERT_EQ(r->type, LUPE_RAW_SERVICE);
+	ASSERT_EQ(r->service.pid, 7);
+	ASSERT_EQ(r->service.gen, 2);
+	ASSERT_STREQ(r->service.name, "checkout-svc");
+	ASSERT_EQ(lupe_rawfile_reader__next(rd, r), 1);
 	ASSERT_EQ(r->type, LUPE_RAW_END);
 	ASSERT_EQ(r->end.ktime, 3000);
 	ASSERT_EQ(lupe_rawfile_reader__next(rd, r), 0);
@@ -303,7 +314,7 @@ TEST(rawfile_truncation_at_every_offset_is_a_clear_error)
 
 TEST(rawfile_rejects_a_newer_major_version_and_other_files)
 {
-	char msg[200];
+	char msg[200], want[32];
 	size_t n;
 	uint8_t *b = write_all(&n, 0);
 
@@ -311,7 +322,8 @@ TEST(rawfile_rejects_a_newer_major_version_and_other_files)
 	b[8] = LUPE_RAW_MAJOR + 1;
 	ASSERT(lupe_rawfile_reader__new_mem(b, n, msg, sizeof(msg)) == NULL);
 	ASSERT_EQ(errno, EPROTONOSUPPORT);
-	ASSERT(strstr(msg, "version 2.0") != NULL);
+	snprintf(want, sizeof(want), "version %d.%d", LUPE_RAW_MAJOR + 1, LUPE_RAW_MINOR);
+	ASSERT(strstr(msg, want) != NULL);
 	b[8] = LUPE_RAW_MAJOR;
 	b[0] = 'X';
 	ASSERT(lupe_rawfile_reader__new_mem(b, n, msg, sizeof(msg)) == NULL);

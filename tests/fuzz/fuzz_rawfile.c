@@ -32,6 +32,7 @@ static void check(const struct lupe_raw_record *r)
 	case LUPE_RAW_SYMBOL: check_str(r->symbol.name); break;
 	case LUPE_RAW_KSYMBOL: check_str(r->ksymbol.name); check_str(r->ksymbol.module); break;
 	case LUPE_RAW_NOTE: check_str(r->note.key); check_str(r->note.value); break;
+	case LUPE_RAW_SERVICE: check_str(r->service.name); break;
 	default: break;
 	}
 }

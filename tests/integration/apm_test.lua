@@ -153,9 +153,9 @@ end)
 t.case("lupe record -f json labels the samples with service.name", function()
   needs_fixture()
   local pid, log = start_app("record")
-  local out = tmp .. "/out.json"
-  local status, _, err = t.run(("%s record -F 199 -d 1.5 -f json -o %s -p %d")
-    :format(t.bin, out, pid))
+  local out, raw = tmp .. "/out.json", tmp .. "/out.raw"
+  local status, _, err = t.run(("%s record -F 199 -d 1.5 -f json -o %s --raw %s -p %d")
+    :format(t.bin, out, raw, pid))
   check(status == 0, "record exited %s: %s", status, err)
   check(err:match("APM: 1 agents %(services: 1%), %d+ samples in transactions"),
     "no APM summary on stderr: %s", err)
@@ -173,6 +173,33 @@ t.case("lupe record -f json labels the samples with service.name", function()
   local msgs = messages(log, 1)
   check(#msgs > 0, "the agent received nothing")
   check_messages(msgs, transactions(log), counts_by_hash)
+
+  -- The recording replays with the same service labels (SERVICE records), and a filter
+  -- on service keeps the same entries offline as live.
+  local again = tmp .. "/replayed.json"
+  local rstatus, _, rerr = t.run(("LUPE_REPLAY=%s %s record -f json -o %s"):format(raw, t.bin, again))
+  check(rstatus == 0, "replay exited %s: %s", rstatus, rerr)
+  local function slurp(path)
+    local f = assert(io.open(path))
+    local text = f:read("*a")
+    f:close()
+    return text
+  end
+  local live, replayed = slurp(out), slurp(again)
+  check(live == replayed, "replayed JSON differs from live:\n%s\n---\n%s", live:sub(1, 600),
+    replayed:sub(1, 600))
+  local s = assert(lupe.session{ replay = raw })
+  s:filter("service ~ 'lupe-test-*'")
+  local p = s:run{}
+  s:close()
+  local kept = 0
+  for _, e in ipairs(p.entries) do
+    check(e.service == SERVICE, "pid %d (service %s) kept by the replayed filter", e.pid,
+      tostring(e.service))
+    kept = kept + e.count
+  end
+  check(kept > 0 and kept == p.stats.samples - p.stats.filtered_by_script,
+    "the replayed filter kept %d of %d samples", kept, p.stats.samples)
 end)
 
 t.case("a filter on service keeps the agent's process and drops the others", function()
