@@ -55,6 +55,9 @@ describe("lupe.output helpers", function()
     assert.matches("^samples=5 lost=1 filtered=0 ", s)
     assert.matches(" symbolize_errors=4 truncated=5$", s)
     assert.matches('"truncated":5$', output.counts_json(st))
+    assert.is_nil(output.counts_summary(st):find("replay_errors", 1, true))
+    st.replay_errors = 2
+    assert.matches(" symbolize_errors=4 replay_errors=2 truncated=5$", output.counts_summary(st))
   end)
 
   it("gives one id per distinct frame, whatever table carries it", function()

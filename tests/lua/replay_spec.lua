@@ -87,6 +87,12 @@ describe("lupe.session{ replay = FILE }", function()
     os.remove(path)
     assert.are.equal(1, p.stats.replay_errors)
     assert.is_true(p.stats.samples > 0)
+    -- Every output says so: its counts stop where the recording does.
+    local output = require "lupe.output"
+    assert.matches(" replay_errors=1 truncated=%d+$", output.counts_summary(p.stats))
+    local buf, sink = collect()
+    require("lupe.output.json").write(p, sink)
+    assert.matches('"replay_errors":1,"truncated":%d+', table.concat(buf))
   end)
 
   it("refuses what is not a recording, saying why", function()

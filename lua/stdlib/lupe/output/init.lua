@@ -67,10 +67,14 @@ M.count_names = {
   "kernel_stack_err", "unknown_frames", "events_lost", "bpf_bad_records", "symbolize_errors",
 }
 
--- { {name, value}, ... } in count_names order; a count the stats lack is 0.
+-- { {name, value}, ... } in count_names order; a count the stats lack is 0. A replay of a
+-- damaged or cut recording adds replay_errors last (only then, so that a replay of a
+-- whole one writes what live wrote): its counts stop where the recording does.
 function M.counts(stats)
   local list = {}
   for i, k in ipairs(M.count_names) do list[i] = { k, tonumber(stats and stats[k]) or 0 } end
+  local bad = tonumber(stats and stats.replay_errors) or 0
+  if bad > 0 then list[#list + 1] = { "replay_errors", bad } end
   return list
 end
 
