@@ -1,6 +1,9 @@
 -- lupe.output.svg: geometry of a small flame graph computed by hand (widths proportional
 -- to samples, root at the bottom, siblings in name order), escaping, self-containment and
--- pruning. Interaction (zoom, search) is tested in Chromium: tests/integration/formats_test.lua.
+-- pruning; random profiles against a tree built the simple way (oracle(): every frame's
+-- text, order and the pruned count), numbers against string.format, Lua file against
+-- :write object. Interaction (zoom, search) is tested in Chromium:
+-- tests/integration/formats_test.lua.
 local svg = require "lupe.output.svg"
 local output = require "lupe.output"
 local u64 = require "lupe.u64"
@@ -53,6 +56,114 @@ local function frames(doc)
                         w = tonumber(rect:match(' width="([%d.]+)"')) }
   end
   return list
+end
+
+-- The frames as written, in file order, their numbers as text.
+local function raw_frames(doc)
+  local list = {}
+  local body = assert(doc:match('<g id="frames">(.*)</g>'))
+  for title, rect in body:gmatch("<g><title>(.-)</title>(<rect.-/>)") do
+    local name, samples, pct = title:match("^(.*) %((%d+) samples, ([%d.]+)%%%)$")
+    list[#list + 1] = { name = unxml(name), samples = tonumber(samples), pct = pct,
+                        x = rect:match(' x="([^"]*)"'), y = tonumber(rect:match(' y="([^"]*)"')),
+                        w = rect:match(' width="([^"]*)"') }
+  end
+  return list
+end
+
+-- The flame graph the simple way, for comparison: a tree of tables keyed by name, each
+-- stack added along its path; kept if minwidth / scale samples wide; siblings laid out in
+-- name order and listed in the order their names were first seen (comm, then frames
+-- leaf first), children before their parent. Returns the frames as raw_frames() reads
+-- them ("%.2f" by string.format) and how many were left out. doc: the file, for the
+-- number of lines the counts take above the graph.
+local function oracle(p, opts, doc)
+  local W, PAD, FH = opts.width or 1200, 10, 16
+  local seen, nseen = {}, 0
+  local function see(name)
+    if not seen[name] then nseen = nseen + 1 seen[name] = nseen end
+    return name
+  end
+  local root, total, deepest = { kids = {}, w = 0 }, 0, 0
+  for _, e in ipairs(p.entries) do
+    local path = { see(e.comm ~= "" and e.comm or "[unknown]") }
+    for i = 1, #e.frames do path[#e.frames - i + 2] = see(output.label(e.frames[i])) end
+    local node = root
+    root.w = root.w + e.count
+    for _, name in ipairs(path) do
+      local kid = node.kids[name]
+      if not kid then kid = { name = name, kids = {}, w = 0 } node.kids[name] = kid end
+      kid.w = kid.w + e.count
+      node = kid
+    end
+    total = total + e.count
+    deepest = math.max(deepest, #path)
+  end
+  local scale = total > 0 and (W - 2 * PAD) / total or 0
+  local min = total > 0 and (opts.minwidth or 0.1) / scale or 0
+  local _, count_lines = doc:match('<text id="counts".-</text>'):gsub("<tspan", "")
+  local base = 84 + 16 * (count_lines - 1) + deepest * FH -- H - 30 - FH
+  local list, pruned = {}, 0
+  local function count(node)
+    local c = 1
+    for _, kid in pairs(node.kids) do c = c + count(kid) end
+    return c
+  end
+  local function walk(node, depth, x)
+    local kept = {}
+    for _, kid in pairs(node.kids) do
+      if kid.w >= min then kept[#kept + 1] = kid else pruned = pruned + count(kid) end
+    end
+    table.sort(kept, function(a, b) return a.name < b.name end)
+    for _, kid in ipairs(kept) do kid.x = x x = x + kid.w end
+    table.sort(kept, function(a, b) return seen[a.name] < seen[b.name] end)
+    for _, kid in ipairs(kept) do
+      walk(kid, depth + 1, kid.x)
+      list[#list + 1] = { name = kid.name, samples = kid.w,
+                          pct = ("%.2f"):format(kid.w * (100 / total)),
+                          x = ("%.2f"):format(PAD + kid.x * scale), y = base - (depth + 1) * FH,
+                          w = ("%.2f"):format(kid.w * scale) }
+    end
+  end
+  walk(root, 0, 0)
+  table.insert(list, 1, { name = "all", samples = total,
+                          pct = ("%.2f"):format(total * (total > 0 and 100 / total or 0)),
+                          x = ("%.2f"):format(PAD), y = base, w = ("%.2f"):format(total * scale) })
+  return list, pruned
+end
+
+-- A random profile (fixed seed): names from small pools so that stacks merge, some
+-- without a symbol, kernel frames at the top of the address space, entries that share a
+-- trace (hash and frames), counts skewed so that narrow frames are left out.
+local function random_profile(nentries, seed)
+  math.randomseed(seed)
+  local pool = {}
+  for i = 1, 60 do
+    pool[i] = frame("native", i % 13 ~= 0 and ("fn_%d<&>"):format(i % 40) or nil,
+                    "/lib/m" .. i % 3 .. ".so", 0x1000 + i * 16)
+  end
+  for i = 61, 70 do
+    pool[i] = { kind = "kernel", name = "k" .. i, module = "[kernel]",
+                addr = u64.parse(("0xffffffff8100%04x"):format(i)) }
+  end
+  local entries, traces = {}, {}
+  for i = 1, nentries do
+    local t
+    if i > 10 and math.random(4) == 1 then
+      t = traces[math.random(#traces)]
+    else
+      local fs = {}
+      for d = 1, math.random(0, 9) do
+        fs[d] = pool[d <= 2 and math.random(61, 70) or math.random(1, 60)]
+      end
+      t = { frames = fs, hash = ("%032x"):format(#traces) }
+      traces[#traces + 1] = t
+    end
+    entries[i] = { count = math.random(10) == 1 and math.random(500) or math.random(3),
+                   pid = i, comm = ({ "a", "b", "", "c d" })[math.random(4)],
+                   hash = t.hash, frames = t.frames }
+  end
+  return { entries = entries, stats = {}, duration = 1, frequency = 99 }
 end
 
 local function near(want, got, what)
@@ -151,6 +262,81 @@ describe("lupe.output.svg", function()
     assert.matches("5 frames narrower than 0.1 px not drawn", doc)
     local all = frames(render(p, { minwidth = 0 }))
     assert.are.equal(9, #all)
+  end)
+
+  it("draws the same frames as a tree built the simple way, in the same order", function()
+    for seed = 1, 4 do
+      local p = random_profile(3000, seed)
+      for _, opts in ipairs({ {}, { minwidth = 0 }, { minwidth = 3, width = 700 } }) do
+        local doc = render(p, opts)
+        local want, pruned = oracle(p, opts, doc)
+        local got = raw_frames(doc)
+        assert.are.equal(#want, #got)
+        for i = 1, #want do assert.are.same(want[i], got[i]) end
+        assert.matches(("; %d frames narrower than"):format(pruned), doc)
+        if opts.minwidth ~= 0 then assert.is_true(pruned > 0) end
+      end
+    end
+  end)
+
+  it("writes string.format's %.2f digits where a coordinate falls on a half", function()
+    -- 1180 px for 9440 samples: 1/8 px per sample, x at .125, .375...: halves of the last
+    -- digit, which string.format rounds up (LuaJIT's own formatting) and C's printf to even.
+    local main, other = frame("native", "main", "app", 1), frame("native", "other", "app", 2)
+    local p = { entries = {}, stats = {}, duration = 1, frequency = 1 }
+    for i = 1, 58 do
+      p.entries[i] = { count = i % 2 == 0 and 159 or 161, comm = "p" .. i,
+                       frames = { i % 2 == 0 and main or other } }
+    end
+    for i, comm in ipairs({ "p0", "p00", "p000", "p0000", "p00000" }) do
+      p.entries[58 + i] = { count = i < 5 and 1 or 156, comm = comm, frames = {} }
+    end
+    local doc = render(p, { minwidth = 0 })
+    local got, want = raw_frames(doc), oracle(p, { minwidth = 0 }, doc)
+    assert.are.equal(#want, #got)
+    local halves = 0
+    for i = 1, #want do
+      assert.are.same(want[i], got[i])
+      -- x = 10 + k / 8 px, written rounded: an odd k is a half.
+      if math.floor((tonumber(got[i].x) - 10) * 8 + 0.5) % 2 == 1 then halves = halves + 1 end
+    end
+    assert.is_true(halves >= 4, "only " .. halves .. " x on a half")
+  end)
+
+  it("writes the same bytes to a Lua file (through its FILE *) as to an object", function()
+    local p = random_profile(500, 7)
+    -- A name longer than the 64 KiB buffer goes out whole.
+    local long = string.rep("std::map<int, x> ", 5000)
+    p.entries[#p.entries + 1] = { count = 9999, comm = "long", frames = { frame("native", long, "m", 1) } }
+    local path = helpers.tmpname(".svg")
+    local fh = assert(io.open(path, "wb"))
+    svg.write(p, fh, { minwidth = 0 })
+    fh:close()
+    local doc = render(p, { minwidth = 0 })
+    assert.are.equal(doc, helpers.slurp(path))
+    os.remove(path)
+    assert.truthy(doc:find("<title>" .. svg.xml(long) .. " (9999 samples", 1, true))
+  end)
+
+  it("draws entries that share a trace (hash) as the same entries without it", function()
+    local p = random_profile(2000, 11)
+    local doc = render(p)
+    for _, e in ipairs(p.entries) do e.hash = nil end
+    assert.are.equal(doc, render(p))
+  end)
+
+  it("draws more than 65,535 distinct names", function()
+    local p = { entries = {}, stats = {}, duration = 1, frequency = 1 }
+    for i = 1, 70000 do
+      p.entries[i] = { count = i == 1 and 70000 or 1, comm = "c",
+                       frames = { frame("native", "f" .. i, "m", i), frame("native", "main", "m", 0) } }
+    end
+    local doc = render(p)
+    local got = raw_frames(doc)
+    local want = oracle(p, {}, doc)
+    assert.are.equal(#want, #got)
+    for i = 1, #want do assert.are.same(want[i], got[i]) end
+    assert.are.equal("f1", got[2].name) -- the only one wide enough
   end)
 
   it("is well-formed XML (xmllint)", function()

@@ -14,10 +14,17 @@
 -- (for headless tests, tests/integration/formats_test.lua).
 local output = require "lupe.output"
 
+local ffi = require "ffi"
+local new_table = require "table.new"
+
 local M = {}
-local label, locator = output.label, output.locator
-local ipairs, concat, sort, fmt, floor, byte, char = ipairs, table.concat, table.sort,
-  string.format, math.floor, string.byte, string.char
+local label = output.label
+local ipairs, concat, sort, fmt, floor, byte = ipairs, table.concat, table.sort,
+  string.format, math.floor, string.byte
+local type, tonumber, iotype, copy = type, tonumber, io.type, ffi.copy
+-- pcall: another module may have declared fwrite already (a redeclaration raises).
+pcall(ffi.cdef, "size_t fwrite(const void *ptr, size_t size, size_t n, void *stream);")
+local BUFSZ = 65536
 
 -- XML text and attribute values: entities for markup characters, and nothing XML 1.0
 -- forbids (control characters, invalid UTF-8 become "?").
@@ -81,107 +88,125 @@ local function colour(name, kind)
   return fmt("rgb(%d,%d,%d)", 205 + floor(50 * c), floor(230 * a), floor(55 * b))
 end
 
--- Names become fixed-width big-endian codes, so that a stack is a short string and byte
--- order is code order: 2 bytes (up to 65,535 names, the usual case), else 3 (2^24).
-local function code(i, width)
-  if width == 2 then return char(floor(i / 256), i % 256) end
-  return char(floor(i / 65536) % 256, floor(i / 256) % 256, i % 256)
-end
-local TOO_MANY = {}
-
--- The merged tree, as flamegraph.pl builds it: stacks sorted root first (as strings of
--- name codes), then one walk that opens and closes frames as consecutive stacks
--- diverge. Only the current path is held; a closed frame is kept if at least min_samples
--- wide (its descendants are narrower: the kept frames always include their parents).
--- Siblings are then laid out in name order, as flamegraph.pl shows them; the room of
--- frames too narrow to draw goes to the right of their siblings.
--- Returns nodes {depth, name id, x, width} (in samples; "all" is not among them), the
--- names, their kinds, the total, pruned (frames not kept) and deepest (depth).
-local function build_tree(profile, min_samples, width)
-  local max_names = width == 2 and 65535 or 2 ^ 24 - 1
-  local locate = locator()
-  local loc_code, names, kinds, name_ids, codes = {}, {}, {}, {}, {}
+-- The stacks, root first, as name ids (a name is a frame's label, or a process's comm):
+-- per stack its comm's id, count, and its frames' ids at flat[start .. start + n - 1].
+-- Frames are numbered as output.locator does (module and address), inline as folded.lua
+-- does (a call per frame was a tenth of the time), and each distinct frame is labelled
+-- once; entries with the same trace (hash) share their ids.
+-- Names are numbered in the order first seen (comm, then frames leaf first), which is the
+-- order siblings are written in.
+local TWO53 = 0x20000000000000ULL
+local function collect(profile)
+  local entries = profile.entries
+  local ne = #entries
+  local names, kinds, name_ids, nnames = {}, {}, {}, 0
   local function intern(name, kind)
     local id = name_ids[name]
     if not id then
-      id = #names + 1
-      if id > max_names then error(TOO_MANY, 0) end
+      nnames = nnames + 1
+      id = nnames
       names[id], kinds[id], name_ids[name] = name, kind, id
-      codes[id] = code(id, width)
     end
-    return codes[id]
+    return id
   end
-
-  -- Stacks as code strings, counts merged.
-  local counts, keys, parts, comm_code = {}, {}, {}, {}
-  local total = 0
-  for _, e in ipairs(profile.entries) do
+  local cap = 0
+  for i = 1, ne do cap = cap + #entries[i].frames end
+  local flat = ffi.new("int32_t[?]", cap + 1)
+  local s_comm, s_start = ffi.new("int32_t[?]", ne + 1), ffi.new("int32_t[?]", ne + 1)
+  local s_n, s_count = ffi.new("int32_t[?]", ne + 1), ffi.new("double[?]", ne + 1)
+  local by_module, others, comm_id, by_hash = {}, {}, {}, {}
+  local used, total, deepest = 0, 0, 0
+  for k = 0, ne - 1 do
+    local e = entries[k + 1]
+    local comm = e.comm or ""
+    local c = comm_id[comm]
+    if not c then
+      c = intern(comm ~= "" and comm or "[unknown]", "comm")
+      comm_id[comm] = c
+    end
     local frames = e.frames
     local n = #frames
-    local comm = e.comm or ""
-    local cc = comm_code[comm]
-    if not cc then cc = intern(comm ~= "" and comm or "[unknown]", "comm") comm_code[comm] = cc end
-    parts[1] = cc
-    for i = 1, n do
-      local f = frames[i]
-      local loc, new = locate(f)
-      local c
-      if new then
-        c = intern(label(f), f.kind)
-        loc_code[loc] = c
-      else
-        c = loc_code[loc]
+    local h = e.hash
+    local same = h and by_hash[h]
+    if same and s_n[same] == n then
+      s_start[k] = s_start[same]
+    else
+      for i = 1, n do
+        local f = frames[i]
+        local kind = f.kind
+        local ids
+        if kind == "native" or kind == "kernel" then
+          local mod = f.module or ""
+          ids = by_module[mod]
+          if not ids then ids = {} by_module[mod] = ids end
+        else
+          local ns = (kind or "unknown") .. "\0" .. (f.name or "")
+          ids = others[ns]
+          if not ids then ids = {} others[ns] = ids end
+        end
+        local a = f.addr
+        local key
+        if type(a) ~= "cdata" then
+          key = a or false
+        elseif a < TWO53 then
+          key = tonumber(a)
+        else
+          local neg = -a
+          key = neg < TWO53 and -tonumber(neg) or output.hex(a)
+        end
+        local id = ids[key]
+        if not id then
+          id = intern(label(f), kind)
+          ids[key] = id
+        end
+        flat[used + n - i] = id
       end
-      parts[n - i + 2] = c
+      s_start[k] = used
+      used = used + n
+      if h then by_hash[h] = k end
     end
-    local key = concat(parts, "", 1, n + 1)
-    local k = counts[key]
-    if not k then keys[#keys + 1] = key k = 0 end
-    counts[key] = k + e.count
+    s_comm[k], s_n[k], s_count[k] = c, n, e.count
     total = total + e.count
+    if n + 1 > deepest then deepest = n + 1 end
   end
-  sort(keys)
+  return { n = ne, flat = flat, comm = s_comm, start = s_start, len = s_n, count = s_count,
+           names = names, kinds = kinds, total = total, deepest = deepest }
+end
 
-  -- The walk. path[d] = name at depth d (1 = comm), start[d] = where it opened. Nodes
-  -- come out children first (post-order).
-  local nd, nname, nx, nw = {}, {}, {}, {}
-  local nn, pruned, deepest = 0, 0, 0
-  local path, start, plen = {}, {}, 0
-  local x = 0
-  local function close_to(depth)
-    for d = plen, depth + 1, -1 do
-      local w = x - start[d]
-      if w >= min_samples then
-        nn = nn + 1
-        nd[nn], nname[nn], nx[nn], nw[nn] = d, path[d], start[d], w
-      else
-        pruned = pruned + 1
-      end
+-- Sort keys: value * SLOT + a bucket's place among its siblings, exact in a double.
+local SLOT = 134217728 -- 2^27
+local function sort_keys(keys, k)
+  if k <= 16 then
+    for i = 2, k do
+      local v, j = keys[i], i - 1
+      while j >= 1 and keys[j] > v do keys[j + 1] = keys[j] j = j - 1 end
+      keys[j + 1] = v
     end
-    if plen > depth then plen = depth end
+    return
   end
-  local function name_at(key, d)
-    if width == 2 then
-      local a, b = byte(key, 2 * d - 1, 2 * d)
-      return a * 256 + b
-    end
-    local a, b, c = byte(key, 3 * d - 2, 3 * d)
-    return a * 65536 + b * 256 + c
-  end
-  for _, key in ipairs(keys) do
-    local len = #key / width
-    local common = 0
-    for d = 1, math.min(len, plen) do
-      if path[d] ~= name_at(key, d) then break end
-      common = d
-    end
-    close_to(common)
-    for d = common + 1, len do path[d], start[d] = name_at(key, d), x end
-    plen = len
-    if len > deepest then deepest = len end
-    x = x + counts[key]
-  end
-  close_to(0)
+  local t = new_table(k, 0)
+  for i = 1, k do t[i] = keys[i] end
+  sort(t)
+  for i = 1, k do keys[i] = t[i] end
+end
+
+-- The merged tree, as flamegraph.pl draws it: identical names at the same place merged,
+-- a frame kept if at least min_samples wide (its descendants are narrower: kept frames
+-- always include their parents). Built top-down: the stacks of a frame are bucketed by
+-- their name one level deeper (a counting sort of their indexes, in place), each bucket a
+-- child. A stack alone in its bucket is a chain, taken without more bucketing; a bucket
+-- too narrow is only counted (its frames, as pruned), never laid out.
+-- Siblings are laid out in name order, as flamegraph.pl shows them, the room of frames
+-- too narrow to draw to the right of their siblings; they are listed children first
+-- (post-order), siblings in name id order.
+-- Returns nodes {depth, name id, x, width} (in samples; "all" is not among them) in
+-- Lua arrays 1..n, the names, their kinds, the total, pruned (frames not kept) and
+-- deepest (depth).
+local function build_tree(profile, min_samples)
+  local st = collect(profile)
+  local ns, names = st.n, st.names
+  local flat, s_comm, s_start, s_n, s_count = st.flat, st.comm, st.start, st.len, st.count
+  if ns >= SLOT or #names * SLOT >= 2 ^ 53 then error("svg: too many stacks or names", 3) end
 
   -- Name order: rank of each name id.
   local order, rank = {}, {}
@@ -189,58 +214,143 @@ local function build_tree(profile, min_samples, width)
   sort(order, function(a, b) return names[a] < names[b] end)
   for r, id in ipairs(order) do rank[id] = r end
 
-  -- Children of each node from the post-order: when a node at depth d comes, the nodes
-  -- of depth d+1 still waiting are its children. Sort keys: rank * 2^28 + node (exact in
-  -- a double; plain numbers sort in C, without a Lua comparator).
-  local kid_first, kid_count, kids = {}, {}, {}
-  local stack, sp = {}, 0
-  local tmp = {}
-  local function take_children(d, into)
-    local k = 0
-    while sp > 0 and nd[stack[sp]] == d + 1 do
-      k = k + 1
-      local c = stack[sp]
-      tmp[k] = rank[nname[c]] * 268435456 + c
-      stack[sp] = nil
-      sp = sp - 1
-    end
-    for j = k + 1, #tmp do tmp[j] = nil end
-    sort(tmp)
-    local first = #kids + 1
-    for j = 1, k do kids[first + j - 1] = tmp[j] % 268435456 end
-    kid_first[into], kid_count[into] = first, k
-  end
-  if nn >= 268435456 then error("svg: too many frames", 2) end
-  for i = 1, nn do
-    take_children(nd[i], i)
-    sp = sp + 1
-    stack[sp] = i
-  end
-  take_children(0, 0) -- the root's children: the processes
+  local perm, tmp, bk = ffi.new("int32_t[?]", ns + 1), ffi.new("int32_t[?]", ns + 1),
+    ffi.new("int32_t[?]", ns + 1)
+  for i = 0, ns - 1 do perm[i] = i end
+  -- Buckets, a stack of them: those of the frames on the current path. Each level holds
+  -- at most (its stacks - the next level's stacks + 1): ns + deepest + 1 in all.
+  local nb = ns + st.deepest + 2
+  local b_name, b_lo, b_cnt, b_at = ffi.new("int32_t[?]", nb), ffi.new("int32_t[?]", nb),
+    ffi.new("int32_t[?]", nb), ffi.new("int32_t[?]", nb)
+  local b_w, b_x = ffi.new("double[?]", nb), ffi.new("double[?]", nb)
+  local slot = ffi.new("int32_t[?]", #names + 1) -- name id -> its bucket, while bucketing
+  local bsp, pruned = 0, 0
+  local nd, nname, nx, nw, nn = {}, {}, {}, {}, 0
+  local scratch = {} -- sort keys per depth
 
-  -- Lay out top-down: children side by side from their parent's left edge.
-  local function place(node, left)
-    local first, k = kid_first[node], kid_count[node]
-    for j = first, first + k - 1 do
-      local c = kids[j]
-      nx[c] = left
-      place(c, left)
-      left = left + nw[c]
+  -- Buckets the stacks perm[lo, hi), which share their names down to depth d, by their
+  -- name at depth d + 1 (comm at depth 1): b_*[b0 + 1 .. bsp], stacks ending at depth d
+  -- left after them. Returns b0.
+  local function partition(lo, hi, d)
+    local b0 = bsp
+    for i = lo, hi - 1 do
+      local s = perm[i]
+      if s_n[s] >= d then
+        local id = d == 0 and s_comm[s] or flat[s_start[s] + d - 1]
+        local b = slot[id]
+        if b == 0 then
+          bsp = bsp + 1
+          b = bsp
+          slot[id], b_name[b], b_cnt[b], b_w[b] = b, id, 0, 0
+        end
+        b_cnt[b] = b_cnt[b] + 1
+        b_w[b] = b_w[b] + s_count[s]
+        bk[i] = b
+      else
+        bk[i] = 0
+      end
+    end
+    local at = lo
+    for b = b0 + 1, bsp do
+      slot[b_name[b]] = 0
+      b_lo[b], b_at[b] = at, at
+      at = at + b_cnt[b]
+    end
+    if bsp > b0 + 1 or at < hi then
+      for i = lo, hi - 1 do
+        local b = bk[i]
+        if b == 0 then
+          tmp[at] = perm[i]
+          at = at + 1
+        else
+          local p = b_at[b]
+          tmp[p] = perm[i]
+          b_at[b] = p + 1
+        end
+      end
+      ffi.copy(perm + lo, tmp + lo, 4 * (hi - lo))
+    end
+    return b0
+  end
+
+  -- Frames below a frame at depth d whose stacks are perm[lo, hi).
+  local function count_below(lo, hi, d)
+    if hi - lo == 1 then return s_n[perm[lo]] + 1 - d end
+    local b0 = partition(lo, hi, d)
+    local c = 0
+    for b = b0 + 1, bsp do c = c + 1 + count_below(b_lo[b], b_lo[b] + b_cnt[b], d + 1) end
+    bsp = b0
+    return c
+  end
+
+  local function keep(id, d, x, w)
+    nn = nn + 1
+    nd[nn], nname[nn], nx[nn], nw[nn] = d, id, x, w
+  end
+
+  -- Lists the kept frames below a frame at depth d, left edge x, stacks perm[lo, hi).
+  local function visit(lo, hi, d, x)
+    local x0 = x
+    if hi - lo == 1 then
+      local s = perm[lo]
+      local len, w, first = s_n[s] + 1, s_count[s], s_start[s] - 2
+      if w < min_samples then
+        pruned = pruned + len - d
+        return
+      end
+      for dd = len, d + 1, -1 do keep(dd == 1 and s_comm[s] or flat[first + dd], dd, x, w) end
+      return
+    end
+    -- Frames every stack here shares, one under the other (a deep recursion): followed
+    -- in a loop, not by recursion, and kept after the frames below them.
+    local d0, b0 = d, partition(lo, hi, d)
+    while bsp == b0 + 1 and b_cnt[bsp] == hi - lo and b_w[bsp] >= min_samples do
+      bsp = b0
+      d = d + 1
+      b0 = partition(lo, hi, d)
+    end
+    local top = bsp
+    local keys = scratch[d]
+    if not keys then keys = {} scratch[d] = keys end
+    local k = 0
+    for b = b0 + 1, top do
+      if b_w[b] >= min_samples then
+        k = k + 1
+        keys[k] = rank[b_name[b]] * SLOT + (b - b0)
+      else
+        pruned = pruned + 1 + count_below(b_lo[b], b_lo[b] + b_cnt[b], d + 1)
+      end
+    end
+    sort_keys(keys, k)
+    for j = 1, k do
+      local b = b0 + keys[j] % SLOT
+      b_x[b] = x
+      x = x + b_w[b]
+      keys[j] = b_name[b] * SLOT + (b - b0)
+    end
+    sort_keys(keys, k)
+    for j = 1, k do
+      local b = b0 + keys[j] % SLOT
+      visit(b_lo[b], b_lo[b] + b_cnt[b], d + 1, b_x[b])
+      keep(b_name[b], d + 1, b_x[b], b_w[b])
+    end
+    bsp = b0
+    if d > d0 then
+      local s, w = perm[lo], 0
+      for i = lo, hi - 1 do w = w + s_count[perm[i]] end
+      for dd = d, d0 + 1, -1 do
+        keep(dd == 1 and s_comm[s] or flat[s_start[s] + dd - 2], dd, x0, w)
+      end
     end
   end
-  place(0, 0)
-  return { depth = nd, name = nname, x = nx, w = nw, n = nn, names = names, kinds = kinds,
-           total = total, pruned = pruned, deepest = deepest }
+  visit(0, ns, 0, 0)
+
+  return { depth = nd, name = nname, x = nx, w = nw, n = nn, names = names,
+           kinds = st.kinds, total = st.total, pruned = pruned, deepest = st.deepest }
 end
 
 function M.tree(profile, min_samples)
-  local ok, t = pcall(build_tree, profile, min_samples, 2)
-  if ok then return t end
-  if t ~= TOO_MANY then error(t, 0) end
-  ok, t = pcall(build_tree, profile, min_samples, 3)
-  if ok then return t end
-  if t == TOO_MANY then error("svg: more than 2^24 distinct frame names", 2) end
-  error(t, 0)
+  return build_tree(profile, min_samples or 0)
 end
 
 -- The script: zoom, reset, search, details, #search= and #selftest. Kept small and
@@ -437,12 +547,29 @@ function M.write(profile, fh, opts)
 
   local depth = t.deepest + 1 -- "all" is depth 0
   local H = TOP + depth * FH + BOTTOM
-  -- Written in pieces of a few hundred KB: the whole file is never one string.
-  local out, nout = {}, 0
+  -- Through a 64 KiB C buffer: a Lua file gets it through fwrite (its FILE *), anything
+  -- else with :write gets it as strings. The whole file is never one string.
+  local buf, pos = ffi.new("char[?]", BUFSZ), 0
+  local fp = iotype(fh) == "file" and ffi.cast("void *", fh) or nil
+  local function flush()
+    if fp then
+      if ffi.C.fwrite(buf, 1, pos, fp) ~= pos then error("svg: write failed", 3) end
+    elseif pos > 0 then
+      fh:write(ffi.string(buf, pos))
+    end
+    pos = 0
+  end
   local function put(s)
-    nout = nout + 1
-    out[nout] = s
-    if nout >= 2048 then fh:write(concat(out, "", 1, nout)) nout = 0 end
+    local n = #s
+    if pos + n > BUFSZ then
+      flush()
+      if n > BUFSZ then
+        fh:write(s)
+        return
+      end
+    end
+    copy(buf + pos, s, n)
+    pos = pos + n
   end
   put(fmt('<?xml version="1.0" standalone="no"?>\n<svg version="1.1" width="%d" height="%d" ' ..
           'viewBox="0 0 %d %d" xmlns="http://www.w3.org/2000/svg" data-pad="%d" data-fh="%d" ' ..
@@ -470,24 +597,68 @@ function M.write(profile, fh, opts)
   put(fmt('<text id="details" x="%d" y="%d"> </text>\n', PAD, H - 10))
   put('<g id="frames">\n')
 
-  -- Per name, once: its escaped title text and colour; per name and width in characters,
-  -- once: its label (cut, then escaped: cutting escaped text could split an entity).
-  local title_of, fill_of, cut_of = {}, {}, {}
+  -- Frames are copied into the buffer piece by piece, numbers written digit by digit;
+  -- the caller makes room first (a frame at most its strings + ROOM bytes).
+  local ROOM = 2048
+  local function raw(s)
+    local n = #s
+    copy(buf + pos, s, n)
+    pos = pos + n
+  end
+  local function int(v) -- 0 <= v < 2^53, an integer
+    local last, rest = pos, v
+    while rest >= 10 do rest = floor(rest / 10) last = last + 1 end
+    pos = last + 1
+    repeat
+      local q = floor(v / 10)
+      buf[last] = 48 + v - q * 10
+      v = q
+      last = last - 1
+    until v == 0
+  end
+  -- "%.2f" without string.format: v * 100 rounded to an integer has the same digits,
+  -- except near a half, where the product's rounding error could decide; there (and for
+  -- large or odd values) string.format does.
+  local function fixed2(v)
+    local r = v * 100
+    if r >= 0 and r < 1e9 then
+      local n = floor(r)
+      local f = r - n
+      if f < 0.499999 or f > 0.500001 then
+        if f > 0.5 then n = n + 1 end
+        local i = floor(n / 100)
+        int(i)
+        n = n - i * 100
+        local tens = floor(n / 10)
+        buf[pos], buf[pos + 1], buf[pos + 2] = 46, 48 + tens, 48 + n - tens * 10
+        pos = pos + 3
+        return
+      end
+    end
+    raw(fmt("%.2f", v))
+  end
+
+  -- Per name id (0: the root), once: the start of its frame (title), its end (colour);
+  -- per name and width in characters, once: its label (cut, then escaped: cutting escaped
+  -- text could split an entity). Per row, once: its y attributes.
+  local head_of, tail_of, title_of, cut_of, y_of, ty_of = {}, {}, {}, {}, {}, {}
   local pct = total > 0 and 100 / total or 0
   local char_w = FONT * 0.59
-  local function frame(name, kind, samples, x, w, y)
-    local title = title_of[name]
-    if not title then
-      title = xml(name)
-      title_of[name], fill_of[name], cut_of[name] = title, colour(name, kind), {}
+  local function frame(id, name, kind, samples, x, w, y)
+    local head = head_of[id]
+    if not head then
+      local title = xml(name)
+      head = "<g><title>" .. title .. " ("
+      head_of[id], title_of[id], cut_of[id] = head, title, {}
+      tail_of[id] = fmt('" height="%d" fill="%s"/>', FH - 1, colour(name, kind))
     end
     local nchars = floor((w - 6) / char_w)
     local text = ""
     if nchars >= 3 then
       if #name <= nchars then
-        text = title
+        text = title_of[id]
       else
-        local cuts = cut_of[name]
+        local cuts = cut_of[id]
         text = cuts[nchars]
         if not text then
           text = xml(name:sub(1, nchars - 2) .. "..")
@@ -495,30 +666,57 @@ function M.write(profile, fh, opts)
         end
       end
     end
-    if text == "" then
-      put(fmt('<g><title>%s (%d samples, %.2f%%)</title><rect x="%.2f" y="%d" width="%.2f" ' ..
-              'height="%d" fill="%s"/></g>\n',
-              title, samples, samples * pct, x, y, w, FH - 1, fill_of[name]))
-    else
-      put(fmt('<g><title>%s (%d samples, %.2f%%)</title><rect x="%.2f" y="%d" width="%.2f" ' ..
-              'height="%d" fill="%s"/><text x="%.2f" y="%.1f">%s</text></g>\n',
-              title, samples, samples * pct, x, y, w, FH - 1, fill_of[name], x + 3,
-              y + FH - 4.5, text))
+    local yat = y_of[y]
+    if not yat then
+      yat = fmt('" y="%d" width="', y)
+      y_of[y], ty_of[y] = yat, fmt('" y="%.1f">', y + FH - 4.5)
     end
+    local tail = tail_of[id]
+    local room = #head + #tail + #text + ROOM
+    if pos + room > BUFSZ then flush() end
+    if room > BUFSZ then -- a name longer than the buffer: this frame as one string
+      put(fmt('%s%d samples, %.2f%%)</title><rect x="%.2f%s%.2f%s', head, samples,
+              samples * pct, x, yat, w, tail))
+      if text ~= "" then put(fmt('<text x="%.2f%s%s</text>', x + 3, ty_of[y], text)) end
+      put("</g>\n")
+      return
+    end
+    raw(head)
+    if samples >= 0 and samples < 2 ^ 53 and samples == floor(samples) then
+      int(samples)
+    else
+      raw(fmt("%d", samples))
+    end
+    raw(" samples, ")
+    fixed2(samples * pct)
+    raw('%)</title><rect x="')
+    fixed2(x)
+    raw(yat)
+    fixed2(w)
+    raw(tail)
+    if text ~= "" then
+      raw('<text x="')
+      fixed2(x + 3)
+      raw(ty_of[y])
+      raw(text)
+      raw("</text>")
+    end
+    raw("</g>\n")
   end
   local base = H - BOTTOM - FH -- y of the root
-  frame("all", "comm", total, PAD, total * scale, base)
+  frame(0, "all", "comm", total, PAD, total * scale, base)
   local names, kinds, depth_of, name_of, xs, ws = t.names, t.kinds, t.depth, t.name, t.x, t.w
   for i = 1, t.n do
     local id = name_of[i]
-    frame(names[id], kinds[id], ws[i], PAD + xs[i] * scale, ws[i] * scale, base - depth_of[i] * FH)
+    frame(id, names[id], kinds[id], ws[i], PAD + xs[i] * scale, ws[i] * scale,
+          base - depth_of[i] * FH)
   end
   put("</g>\n")
   if total == 0 then
     put(fmt('<text x="%d" y="%d" text-anchor="middle">no samples</text>\n', W / 2, base - FH))
   end
   put("</svg>\n")
-  fh:write(concat(out, "", 1, nout))
+  flush()
   return t.n + 1
 end
 
