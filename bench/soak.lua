@@ -3,7 +3,7 @@
 --   sudo build/lupe run bench/soak.lua [--minutes N] [--interval SECONDS] [--hz HZ]
 --                                      [--max-entries N]
 -- Defaults: 10 minutes, every 30 s, 99 Hz, the session's max_entries. Needs root, cc, and
--- bench/workloads/.
+-- bench/workloads/. (Columns a lupe without them lacks print 0: before/after runs.)
 --
 -- Load, started here and stopped at the end:
 --   storm: processes of /bin/true, 16 at a time, as fast as they go (thousands a second);
@@ -128,7 +128,7 @@ local function row()
          "%7.1f %8.1f"):format(
     t, status_kb("VmRSS") / 1024, fds(), bpf_map_bytes() / 1048576, pm.processes,
     pm.exited_pending, pm.executables, pm.mappings, pm.memory_bytes / 1048576, st.traces,
-    st.entries, st.folded_entries, st.aggregate_bytes / 1048576, st.samples, st.lost,
+    st.entries, st.folded_entries or 0, (st.aggregate_bytes or 0) / 1048576, st.samples, st.lost,
     st.events_lost, st.exec_events - last_execs,
     collectgarbage("count") / 1024, tonumber(mi.uordblks) / 1048576,
     tonumber(mi.arena + mi.hblkhd) / 1048576))
@@ -146,8 +146,18 @@ if not ok then
 end
 row()
 local st = s:stats()
+-- How many unique traces hold a frame no mapping covered (a process gone before its maps
+-- were read): their addresses, randomized per process, make each such trace unique.
+local unknown_traces = 0
+for idx = 1, st.traces do
+  for _, fr in ipairs(s:trace(idx).frames) do
+    if fr.kind == "unknown" then unknown_traces = unknown_traces + 1 break end
+  end
+end
+print(("soak: %d of %d traces have unknown frames"):format(unknown_traces, st.traces))
 print(("soak: done; %d samples, %d lost, %d exec events, %d exit events, %d unknown frames, " ..
   "%d entries folded in %d folds, %.0f aggregate bytes per trace")
   :format(st.samples, st.lost, st.exec_events, st.exit_events, st.unknown_frames,
-          st.folded_entries, st.folds, st.aggregate_bytes / math.max(1, st.traces)))
+          st.folded_entries or 0, st.folds or 0,
+          (st.aggregate_bytes or 0) / math.max(1, st.traces)))
 s:close()
