@@ -1,9 +1,11 @@
 -- Soak: whole-system profiling at 99 Hz for a long time under a fork/exec storm and
 -- library churn; prints, every interval, what must stay bounded.
 --   sudo build/lupe run bench/soak.lua [--minutes N] [--interval SECONDS] [--hz HZ]
---                                      [--max-entries N]
+--                                      [--max-entries N] [--trim]
 -- Defaults: 10 minutes, every 30 s, 99 Hz, the session's max_entries. Needs root, cc, and
 -- bench/workloads/. (Columns a lupe without them lacks print 0: before/after runs.)
+-- --trim: malloc_trim(0) before each row, a diagnosis of how much of RSS is free heap
+-- glibc keeps (fragmentation), not something lupe does.
 --
 -- Load, started here and stopped at the end:
 --   storm: processes of /bin/true, 16 at a time, as fast as they go (thousands a second);
@@ -30,23 +32,25 @@ ffi.cdef [[
 struct lupe_soak_mallinfo2 { size_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks,
   uordblks, fordblks, keepcost; };
 struct lupe_soak_mallinfo2 mallinfo2(void);
+int malloc_trim(size_t pad);
 ]]
 
-local minutes, interval, hz, max_entries = 10, 30, 99, nil
+local minutes, interval, hz, max_entries, trim = 10, 30, 99, nil, false
 local argv = { ... }
 local i = 1
 while i <= #argv do
   local a, v = argv[i], tonumber(argv[i + 1])
-  if a == "--minutes" and v then minutes = v
+  if a == "--trim" then trim, v = true, nil
+  elseif a == "--minutes" and v then minutes = v
   elseif a == "--interval" and v then interval = v
   elseif a == "--hz" and v then hz = math.floor(v)
   elseif a == "--max-entries" and v then max_entries = v
   else
     io.stderr:write("usage: lupe run bench/soak.lua [--minutes N] [--interval S] [--hz HZ] " ..
-                    "[--max-entries N]\n")
+                    "[--max-entries N] [--trim]\n")
     os.exit(2)
   end
-  i = i + 2
+  i = i + (v and 2 or 1)
 end
 
 local function sh(cmd)
@@ -123,6 +127,7 @@ local function row()
   local st = s:stats()
   local pm = st.procmgr
   local t = now() - started
+  if trim then ffi.C.malloc_trim(0) end
   local mi = ffi.C.mallinfo2()
   print(("%6.0f %7.1f %5d %9.1f %6d %5d %6d %6d %6.1f %7d %8d %8d %6.1f %9d %7d %7d %9d %6.1f " ..
          "%7.1f %8.1f"):format(
