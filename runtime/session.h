@@ -69,7 +69,7 @@ int lupe_session__start_command(struct lupe_session *s, char *const argv[]);
 bool lupe_session__command_done(struct lupe_session *s, int *status);
 
 /* Waits up to timeout_ms, drains samples and events into the aggregate, then releases
- * processes whose traces are all converted. Returns the number of records, or -EINTR
+ * processes whose traces are all converted, and folds entries past max_entries (below). Returns the number of records, or -EINTR
  * (a signal arrived: check lupe_session__interrupted), or another negative errno. */
 int lupe_session__poll(struct lupe_session *s, int timeout_ms);
 
