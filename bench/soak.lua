@@ -1,7 +1,11 @@
 -- Soak: whole-system profiling at 99 Hz for a long time under a fork/exec storm and
 -- library churn; prints, every interval, what must stay bounded.
 --   sudo build/lupe run bench/soak.lua [--minutes N] [--interval SECONDS] [--hz HZ]
--- Defaults: 10 minutes, every 30 s, 99 Hz. Needs root, cc, and bench/workloads/.
+--                                      [--max-entries N] [--trim]
+-- Defaults: 10 minutes, every 30 s, 99 Hz, the session's max_entries. Needs root, cc, and
+-- bench/workloads/. (Columns a lupe without them lacks print 0: before/after runs.)
+-- --trim: malloc_trim(0) before each row, a diagnosis of how much of RSS is free heap
+-- glibc keeps (fragmentation), not something lupe does.
 --
 -- Load, started here and stopped at the end:
 --   storm: processes of /bin/true, 16 at a time, as fast as they go (thousands a second);
@@ -15,22 +19,38 @@
 --   execs     executables loaded in the process manager; maps: live mappings
 --   pm_MB     the process manager's own bookkeeping
 --   traces, entries  unique traces and (trace, pid, comm) entries aggregated so far
+--   folded    entries of exited processes folded so far into per-(trace, comm) entries
+--   agg_MB    the aggregate's heap bytes (stats.aggregate_bytes: entries, traces, strings)
 --   samples, lost, ev_lost  totals so far; new_procs: exec events in the interval
+--   lua_MB    the Lua heap (collectgarbage "count")
+--   heap_MB   bytes malloc has handed out and not had back (mallinfo2 uordblks);
+--   arena_MB  and what it holds from the system (arena + mmap): the gap is fragmentation
 local lupe = require "lupe"
+local ffi = require "ffi"
 
-local minutes, interval, hz = 10, 30, 99
+ffi.cdef [[
+struct lupe_soak_mallinfo2 { size_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks,
+  uordblks, fordblks, keepcost; };
+struct lupe_soak_mallinfo2 mallinfo2(void);
+int malloc_trim(size_t pad);
+]]
+
+local minutes, interval, hz, max_entries, trim = 10, 30, 99, nil, false
 local argv = { ... }
 local i = 1
 while i <= #argv do
   local a, v = argv[i], tonumber(argv[i + 1])
-  if a == "--minutes" and v then minutes = v
+  if a == "--trim" then trim, v = true, nil
+  elseif a == "--minutes" and v then minutes = v
   elseif a == "--interval" and v then interval = v
   elseif a == "--hz" and v then hz = math.floor(v)
+  elseif a == "--max-entries" and v then max_entries = v
   else
-    io.stderr:write("usage: lupe run bench/soak.lua [--minutes N] [--interval S] [--hz HZ]\n")
+    io.stderr:write("usage: lupe run bench/soak.lua [--minutes N] [--interval S] [--hz HZ] " ..
+                    "[--max-entries N] [--trim]\n")
     os.exit(2)
   end
-  i = i + 2
+  i = i + (v and 2 or 1)
 end
 
 local function sh(cmd)
@@ -51,7 +71,7 @@ end
 assert(os.execute(("cc -O2 -g -o %s/churn %s/workloads/churn.c -ldl"):format(tmp, here)) == 0,
   "cannot build churn.c")
 
-local s, msg = lupe.session{ frequency = hz, target = "system" }
+local s, msg = lupe.session{ frequency = hz, target = "system", max_entries = max_entries }
 if not s then
   io.stderr:write("soak: ", msg, "\n")
   os.exit(1)
@@ -90,9 +110,11 @@ local function bpf_map_bytes()
     "/proc/%s/fdinfo/* 2>/dev/null"):format(self_pid))) or 0
 end
 
-local header = ("%6s %7s %5s %9s %6s %5s %6s %6s %6s %7s %8s %9s %7s %7s %9s")
+local header = ("%6s %7s %5s %9s %6s %5s %6s %6s %6s %7s %8s %8s %6s %9s %7s %7s %9s %6s " ..
+                "%7s %8s")
   :format("t_s", "rss_MB", "fds", "bpfmap_MB", "procs", "pend", "execs", "maps", "pm_MB",
-          "traces", "entries", "samples", "lost", "ev_lost", "new_procs")
+          "traces", "entries", "folded", "agg_MB", "samples", "lost", "ev_lost", "new_procs",
+          "lua_MB", "heap_MB", "arena_MB")
 print(("soak: %g min at %d Hz, whole system, %d CPUs; load pgid %s; lupe pid %s")
   :format(minutes, hz, tonumber(sh("nproc")) or 0, tostring(load_pgid), self_pid))
 print(header)
@@ -105,10 +127,16 @@ local function row()
   local st = s:stats()
   local pm = st.procmgr
   local t = now() - started
-  print(("%6.0f %7.1f %5d %9.1f %6d %5d %6d %6d %6.1f %7d %8d %9d %7d %7d %9d"):format(
+  if trim then ffi.C.malloc_trim(0) end
+  local mi = ffi.C.mallinfo2()
+  print(("%6.0f %7.1f %5d %9.1f %6d %5d %6d %6d %6.1f %7d %8d %8d %6.1f %9d %7d %7d %9d %6.1f " ..
+         "%7.1f %8.1f"):format(
     t, status_kb("VmRSS") / 1024, fds(), bpf_map_bytes() / 1048576, pm.processes,
     pm.exited_pending, pm.executables, pm.mappings, pm.memory_bytes / 1048576, st.traces,
-    st.entries, st.samples, st.lost, st.events_lost, st.exec_events - last_execs))
+    st.entries, st.folded_entries or 0, (st.aggregate_bytes or 0) / 1048576, st.samples, st.lost,
+    st.events_lost, st.exec_events - last_execs,
+    collectgarbage("count") / 1024, tonumber(mi.uordblks) / 1048576,
+    tonumber(mi.arena + mi.hblkhd) / 1048576))
   io.stdout:flush()
   last_execs = st.exec_events
 end
@@ -123,6 +151,18 @@ if not ok then
 end
 row()
 local st = s:stats()
-print(("soak: done; %d samples, %d lost, %d exec events, %d exit events, %d unknown frames")
-  :format(st.samples, st.lost, st.exec_events, st.exit_events, st.unknown_frames))
+-- How many unique traces hold a frame no mapping covered (a process gone before its maps
+-- were read): their addresses, randomized per process, make each such trace unique.
+local unknown_traces = 0
+for idx = 1, st.traces do
+  for _, fr in ipairs(s:trace(idx).frames) do
+    if fr.kind == "unknown" then unknown_traces = unknown_traces + 1 break end
+  end
+end
+print(("soak: %d of %d traces have unknown frames"):format(unknown_traces, st.traces))
+print(("soak: done; %d samples, %d lost, %d exec events, %d exit events, %d unknown frames, " ..
+  "%d entries folded in %d folds, %.0f aggregate bytes per trace")
+  :format(st.samples, st.lost, st.exec_events, st.exit_events, st.unknown_frames,
+          st.folded_entries or 0, st.folds or 0,
+          (st.aggregate_bytes or 0) / math.max(1, st.traces)))
 s:close()

@@ -76,6 +76,16 @@ static int l_new(lua_State *L)
 		lua_getfield(L, 1, "unwind_budget");
 		opts.unwind_budget_bytes = lua_isnil(L, -1) ? 0 : (size_t)luaL_checknumber(L, -1);
 		lua_pop(L, 1);
+		/* max_entries = entries kept before exited processes' are folded (0: 16384). */
+		lua_getfield(L, 1, "max_entries");
+		if (!lua_isnil(L, -1)) {
+			lua_Number m = luaL_checknumber(L, -1);
+
+			if (!(m >= 0))
+				return luaL_error(L, "max_entries: a number >= 0");
+			opts.max_entries = m >= 0x1p53 ? SIZE_MAX : (size_t)m;
+		}
+		lua_pop(L, 1);
 		/* replay = FILE: a raw recording instead of BPF (kept on the stack until
 		 * lupe_session__new has opened it). */
 		lua_getfield(L, 1, "replay");
@@ -403,6 +413,9 @@ static int l_stats(lua_State *L)
 	SET(resyncs);
 	SET(traces);
 	SET(entries);
+	SET(folded_entries);
+	SET(folds);
+	SET(aggregate_bytes);
 	SET(symbol_misses);
 	SET(symbolize_errors);
 	SET(exec_events);
@@ -523,9 +536,9 @@ static int l_batch(lua_State *L)
 }
 
 /* verdicts() -> entry verdicts, trace verdicts (uint8_t arrays, lightuserdata, writable,
- * valid until the next poll), nentries, ntraces, entries (borrowed likewise), and the
+ * valid until the next poll), nentries, ntraces, entries (borrowed likewise), the
  * session's relabel count (entry verdicts that read the service must be redone when it
- * moves) */
+ * moves) and its fold count (entries moved when it moves: verdicts moved with them) */
 static int l_verdicts(lua_State *L)
 {
 	struct lupe_session *s = check_session(L, 1);
@@ -542,7 +555,8 @@ static int l_verdicts(lua_State *L)
 	lua_pushinteger(L, (lua_Integer)lupe_session__ntraces(s));
 	lua_pushlightuserdata(L, (void *)lupe_session__entries(s, &ne));
 	lua_pushnumber(L, (lua_Number)lupe_session__relabelled(s));
-	return 6;
+	lua_pushnumber(L, (lua_Number)lupe_session__folds(s));
+	return 7;
 }
 
 static int l_want_events(lua_State *L)

@@ -27,7 +27,10 @@
 #define LUPE_ERR_USER_TRUNCATED 1
 #define LUPE_ERR_KERNEL_TRUNCATED 2
 
-/* A (raw stack, pid, comm) seen before: the per-sample cache and the aggregate at once. */
+/* A (raw stack, pid, comm) seen before: the per-sample cache and the aggregate at once.
+ * A folded entry (gen FOLDED_GEN) has no frames and no slot: no sample can match it. */
+#define FOLDED_GEN UINT32_MAX
+#define DEFAULT_MAX_ENTRIES 16384
 struct entry_raw {
 	uint64_t hash;
 	uint32_t gen;
@@ -54,6 +57,9 @@ struct lupe_session {
 	size_t nentries, cap_entries;
 	struct slot *slots;
 	size_t nslots;
+	/* Folding (session.h): at fold_at entries or more, a poll folds exited processes'. */
+	size_t max_entries, fold_at;
+	uint64_t agg_heap;                  /* bytes of frame arrays of entries and traces */
 
 	/* Unique traces, by their 128-bit hash. */
 	struct lupe_sym_trace *traces;
@@ -135,6 +141,7 @@ struct session_hooks {
 
 static void queue_event(struct lupe_session *s, const struct lupe_proc_event *ev);
 static void hooks_free(struct session_hooks *h);
+static int fold_entries(struct lupe_session *s);
 
 struct rp_note {
 	const char *key, *value;            /* interned */
@@ -251,6 +258,7 @@ static const char *intern(struct lupe_session *s, const char *str)
 		free(v);
 		return NULL;
 	}
+	s->agg_heap += len + 1;
 	return v;
 }
 
@@ -479,6 +487,21 @@ static int symbolize(struct lupe_session *s, const struct lupe_trace *t, struct 
 	return 0;
 }
 
+static size_t converted_bytes(const struct lupe_trace *t)
+{
+	return sizeof(*t) + (size_t)t->nframes * sizeof(t->frames[0]);
+}
+
+/* Converted frames are read by symbolization only: once it is done they go. */
+static void drop_converted(struct lupe_session *s, struct lupe_sym_trace *t)
+{
+	if (!t->converted)
+		return;
+	s->agg_heap -= converted_bytes(t->converted);
+	free((void *)t->converted);
+	t->converted = NULL;
+}
+
 /* The index of the trace with this hash, remembering it if new. Symbolizing waits for
  * symbolize_pending: a drain first resolves every sample of the batch against its
  * process's mappings (which must happen while short-lived processes still exist), and
@@ -506,6 +529,7 @@ static int intern_trace(struct lupe_session *s, struct lupe_trace *t, uint32_t *
 		goto nomem;
 	s->traces[s->ntraces] = (struct lupe_sym_trace){
 		.hash = t->hash, .nframes = t->nframes, .converted = t };
+	s->agg_heap += converted_bytes(t);
 	*idx = (uint32_t)s->ntraces++;
 	s->st.traces = s->ntraces;
 	return 0;
@@ -560,9 +584,13 @@ static void symbolize_pending(struct lupe_session *s, bool wait)
 			free(frames);
 			t->nframes = 0;
 			s->st.symbolize_errors++;
+			drop_converted(s, t);
 			continue;
 		}
 		t->frames = frames;
+		s->agg_heap += (t->nframes ? t->nframes : 1) * sizeof(*frames);
+		if (!later)
+			drop_converted(s, t);
 	}
 	if (!kready || !s->nkpending)
 		return;
@@ -571,29 +599,39 @@ static void symbolize_pending(struct lupe_session *s, bool wait)
 
 		if (symbolize(s, t->converted, (struct lupe_sym_frame *)t->frames, true))
 			s->st.symbolize_errors++;
+		drop_converted(s, t);
 	}
 	s->nkpending = 0;
 }
 
 /* ---- the per-sample path ------------------------------------------------------------- */
 
-static int grow_slots(struct lupe_session *s)
+/* Indexes the entries that samples can still reach (folded ones cannot) in slots, an
+ * empty array of n (a power of two), which replaces the old index. */
+static void fill_slots(struct lupe_session *s, struct slot *slots, size_t n)
 {
-	size_t n = s->nslots ? s->nslots * 2 : 4096, i;
-	struct slot *slots = calloc(n, sizeof(*slots));
+	size_t i, j;
 
-	if (!slots)
-		return -ENOMEM;
 	for (i = 0; i < s->nentries; i++) {
-		size_t j = s->raws[i].hash & (n - 1);
-
-		while (slots[j].idx)
-			j = (j + 1) & (n - 1);
+		if (s->raws[i].gen == FOLDED_GEN)
+			continue;
+		for (j = s->raws[i].hash & (n - 1); slots[j].idx; j = (j + 1) & (n - 1))
+			;
 		slots[j] = (struct slot){ s->raws[i].hash, (uint32_t)i + 1 };
 	}
 	free(s->slots);
 	s->slots = slots;
 	s->nslots = n;
+}
+
+static int grow_slots(struct lupe_session *s)
+{
+	size_t n = s->nslots ? s->nslots * 2 : 4096;
+	struct slot *slots = calloc(n, sizeof(*slots));
+
+	if (!slots)
+		return -ENOMEM;
+	fill_slots(s, slots, n);
 	return 0;
 }
 
@@ -755,6 +793,7 @@ static int new_entry(struct lupe_session *s, const struct lupe_sample *smp, uint
 	if (!r->frames)
 		return -ENOMEM;
 	memcpy(r->frames, smp->frames, 8 * nf);
+	s->agg_heap += 8 * (nf ? nf : 1);
 	r->hash = hash;
 	r->gen = gen;
 	r->klen = smp->kernel_len;
@@ -1424,6 +1463,9 @@ int lupe_session__poll(struct lupe_session *s, int timeout_ms)
 		lupe_stackdeltas__maintain(s->unwinder, start, MAINTAIN_INTERVAL_NS);
 	symbolize_pending(s, false);
 	apm_poll(s);
+	/* After apm_poll, which emptied the tally of entry indexes. */
+	if (s->nentries >= s->fold_at && fold_entries(s))
+		pr_debug("no memory to fold entries: %zu kept", s->nentries);
 	/* Everything captured before the oldest sample of this batch (or before the drain
 	 * began, if it was empty) has been converted: processes that exited by then can go. */
 	lupe_procmgr__symbolization_complete(s->pm, s->batch_min_ktime < start ? s->batch_min_ktime
@@ -1639,6 +1681,130 @@ void lupe_session__interval_reset(struct lupe_session *s)
 		s->entries[i].interval = 0;
 }
 
+uint64_t lupe_session__folds(const struct lupe_session *s)
+{
+	return s->st.folds;
+}
+
+/* ---- folding the entries of exited processes (session.h) -------------------------------- */
+
+static uint8_t entry_verdict(const struct lupe_session *s, size_t i)
+{
+	const struct session_hooks *h = s->hooks;
+
+	return h && i < h->cap_entry_v ? h->entry_v[i] : LUPE_VERDICT_UNDECIDED;
+}
+
+/* An entry no sample can reach any more: folded already, or its process exited or exec'd
+ * (samples are keyed by the pid's generation when they are aggregated). */
+static bool entry_dead(struct lupe_session *s, size_t i)
+{
+	return s->raws[i].gen == FOLDED_GEN || s->raws[i].gen != pid_gen(s, s->entries[i].pid);
+}
+
+/* Entries that fold together share trace, comm, service and verdict (a filter may have
+ * kept one process's entry and dropped another's: they stay apart). */
+static uint64_t fold_key(const struct lupe_profile_entry *e, uint8_t verdict)
+{
+	uint64_t w[4];
+
+	w[0] = (uint64_t)e->trace << 8 | verdict;
+	w[1] = (uint64_t)(uintptr_t)e->service;
+	memcpy(&w[2], e->comm, sizeof(e->comm));
+	return hash_words(0, w, 4);
+}
+
+static bool same_fold(const struct lupe_session *s, size_t k, const struct lupe_profile_entry *e,
+		      uint64_t key, uint8_t verdict)
+{
+	const struct lupe_profile_entry *f = &s->entries[k];
+
+	return s->raws[k].hash == key && f->trace == e->trace && f->service == e->service &&
+	       memcmp(f->comm, e->comm, sizeof(e->comm)) == 0 && entry_verdict(s, k) == verdict;
+}
+
+/* Entry i moves to j <= i, with its verdict v. */
+static void move_entry(struct lupe_session *s, size_t i, size_t j, uint8_t v)
+{
+	if (s->hooks && j < s->hooks->cap_entry_v)
+		s->hooks->entry_v[j] = v;
+	if (i == j)
+		return;
+	s->entries[j] = s->entries[i];
+	s->raws[j] = s->raws[i];
+}
+
+/* One pass over the aggregate, in place and in order. Returns 0, or -ENOMEM with nothing
+ * changed. */
+static int fold_entries(struct lupe_session *s)
+{
+	size_t n = s->nentries, cap = 16, i, j = 0, k, folded = 0;
+	struct slot *slots = calloc(s->nslots, sizeof(*slots));
+	uint32_t *tab;   /* fold key -> the folded entry's new index + 1 */
+
+	while (cap < 2 * n)
+		cap *= 2;
+	tab = calloc(cap, sizeof(*tab));
+	if (!tab || !slots) {
+		free(tab);
+		free(slots);
+		return -ENOMEM;
+	}
+	for (i = 0; i < n; i++) {
+		struct lupe_profile_entry *e = &s->entries[i];
+		struct entry_raw *r = &s->raws[i];
+		uint8_t v = entry_verdict(s, i);
+		uint64_t key;
+
+		if (!entry_dead(s, i)) {
+			move_entry(s, i, j++, v);
+			continue;
+		}
+		key = fold_key(e, v);
+		for (k = key & (cap - 1); tab[k]; k = (k + 1) & (cap - 1))
+			if (same_fold(s, tab[k] - 1, e, key, v))
+				break;
+		if (r->gen != FOLDED_GEN) {
+			size_t nf = (size_t)r->klen + r->ulen;
+
+			folded++;
+			s->agg_heap -= 8 * (nf ? nf : 1);
+			free(r->frames);
+			*r = (struct entry_raw){ .gen = FOLDED_GEN };
+		}
+		if (tab[k]) {
+			struct lupe_profile_entry *f = &s->entries[tab[k] - 1];
+
+			f->count += e->count;
+			f->interval += e->interval;
+			if (e->first_ktime < f->first_ktime)
+				f->first_ktime = e->first_ktime;
+			if (e->last_ktime > f->last_ktime)
+				f->last_ktime = e->last_ktime;
+			continue;
+		}
+		e->pid = 0;
+		r->hash = key;
+		tab[k] = (uint32_t)j + 1;
+		move_entry(s, i, j++, v);
+	}
+	/* The entries made from here on start undecided. */
+	if (s->hooks && j < s->hooks->cap_entry_v) {
+		size_t end = n < s->hooks->cap_entry_v ? n : s->hooks->cap_entry_v;
+
+		memset(s->hooks->entry_v + j, 0, end - j);
+	}
+	s->nentries = j;
+	s->st.entries = j;
+	s->st.folded_entries += folded;
+	s->st.folds++;
+	fill_slots(s, slots, s->nslots);
+	free(tab);
+	/* Too few were folded: wait until the aggregate doubles rather than fold every poll. */
+	s->fold_at = 2 * j > s->max_entries ? 2 * j : s->max_entries;
+	return 0;
+}
+
 void lupe_session__stats(struct lupe_session *s, struct lupe_session_stats *out)
 {
 	struct lupe_tracer_stats ts = { 0 };
@@ -1678,6 +1844,11 @@ void lupe_session__stats(struct lupe_session *s, struct lupe_session_stats *out)
 	lupe_procmgr__stats(s->pm, &s->st.pm);
 	apm_stats(s);
 	s->st.raw_bytes = lupe_rawfile_writer__bytes(s->raw);
+	s->st.aggregate_bytes = s->agg_heap +
+		s->cap_entries * (sizeof(*s->entries) + sizeof(*s->raws)) +
+		s->nslots * sizeof(*s->slots) + s->cap_traces * sizeof(*s->traces) +
+		s->cap_kpending * sizeof(*s->kpending) + lupe_hashmap__mem(s->trace_index) +
+		lupe_hashmap__mem(s->strings) + lupe_hashmap__mem(s->gens);
 	*out = s->st;
 	out->bpf_bad_records += ts.bad_records;
 }
@@ -1932,6 +2103,8 @@ struct lupe_session *lupe_session__new(const struct lupe_session_opts *opts)
 		return NULL;
 	}
 	s->filter_errors = OPT(opts, filter_error_frames, false);
+	s->max_entries = OPT(opts, max_entries, 0) ?: DEFAULT_MAX_ENTRIES;
+	s->fold_at = s->max_entries;
 	s->apm_fd = -1;
 	/* A replay names frames from its recording, never from this host: no symbol cache. */
 	if (!OPT(opts, replay_path, NULL) && !(s->syms = lupe_symcache__new(NULL)))

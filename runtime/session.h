@@ -43,6 +43,9 @@ struct lupe_session_opts {
 	/* Replay this raw recording (lupe_session__record_raw) instead of sampling: no BPF,
 	 * no privileges; lupe_session__poll then handles one recorded drain per call. */
 	const char *replay_path;
+	/* Entries (trace, pid, comm) kept before those of exited processes are folded, per
+	 * (trace, comm), into entries of pid 0 (see "folding" below); 0: 16384. */
+	size_t max_entries;
 	size_t :0;
 };
 
@@ -66,7 +69,7 @@ int lupe_session__start_command(struct lupe_session *s, char *const argv[]);
 bool lupe_session__command_done(struct lupe_session *s, int *status);
 
 /* Waits up to timeout_ms, drains samples and events into the aggregate, then releases
- * processes whose traces are all converted. Returns the number of records, or -EINTR
+ * processes whose traces are all converted, and folds entries past max_entries (below). Returns the number of records, or -EINTR
  * (a signal arrived: check lupe_session__interrupted), or another negative errno. */
 int lupe_session__poll(struct lupe_session *s, int timeout_ms);
 
@@ -114,6 +117,8 @@ struct lupe_sym_trace {
 	struct lupe_file_id hash;
 	uint32_t nframes;
 	const struct lupe_sym_frame *frames;   /* leaf first */
+	/* The converted frames, kept only until the trace is symbolized (then NULL): they
+	 * cost more than the symbolized ones and nothing reads them afterwards. */
 	const struct lupe_trace *converted;
 };
 
@@ -129,12 +134,24 @@ struct lupe_profile_entry {
 	const char *service;
 };
 
+/* Folding: the aggregate gains an entry per (trace, pid, comm), so a fork storm would grow
+ * it without bound. When a poll ends with max_entries entries or more, the entries of
+ * processes that exited or exec'd since (no sample can reach them any more) are folded
+ * into one entry per (trace, comm, service, entry verdict) with pid 0, their counts,
+ * interval counts and time ranges added: totals, per-trace counts and the entries of live
+ * processes stay as they were. Entries keep their relative order (a folded entry takes its
+ * first member's place), and entry verdicts move with them. If too few entries are
+ * folded, the next fold waits until the aggregate has doubled. Counted in stats
+ * (folded_entries, folds). */
+
 /* Entries so far (borrowed array, valid until the next poll). */
 const struct lupe_profile_entry *lupe_session__entries(struct lupe_session *s, size_t *n);
 const struct lupe_sym_trace *lupe_session__trace(struct lupe_session *s, uint32_t idx);
 size_t lupe_session__ntraces(struct lupe_session *s);
 /* Zeroes every entry's interval count. */
 void lupe_session__interval_reset(struct lupe_session *s);
+/* How many times entries were folded: entry indexes moved when this changed. */
+uint64_t lupe_session__folds(const struct lupe_session *s);
 
 struct lupe_session_stats {
 	/* BPF */
@@ -147,6 +164,11 @@ struct lupe_session_stats {
 	uint64_t resyncs;         /* synchronizations caused by unknown addresses */
 	uint64_t traces;          /* unique converted traces */
 	uint64_t entries;
+	uint64_t folded_entries;  /* entries of exited processes folded into pid 0 ones */
+	uint64_t folds;           /* times entries were folded */
+	/* Heap bytes of the aggregate: entries, their raw keys and index, traces with their
+	 * frames, interned strings and their maps. */
+	uint64_t aggregate_bytes;
 	uint64_t symbol_misses;   /* native frames left unsymbolized */
 	uint64_t symbolize_errors; /* traces left without frames: out of memory */
 	uint64_t exec_events, exit_events, new_pid_events;

@@ -156,6 +156,12 @@ io.stderr:write(("lupe record: %d samples (%d lost, %d filtered out, %d idle), "
   st.user_stack_err, st.kernel_stack_err, st.unknown_frames,
   st.procmgr.processes + st.procmgr.exited_pending, st.traces,
   opts.output and (", written to " .. opts.output) or ""))
+-- Folding (lupe.session max_entries), only where it happened: exited processes' samples are
+-- all there, under pid 0.
+if (st.folded_entries or 0) > 0 then
+  io.stderr:write(("lupe record: %d entries of exited processes folded into pid 0 " ..
+    "(%d folds), counts kept\n"):format(st.folded_entries, st.folds))
+end
 -- APM correlation, only where an agent was found: what the agents were told, what not.
 local apm = st.apm
 if apm and apm.agents_found > 0 then

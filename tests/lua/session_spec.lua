@@ -111,3 +111,37 @@ describe("lupe.session (offline)", function()
     assert.has_error(function() s:on_process(42) end)
   end)
 end)
+
+describe("lupe.session folding (offline)", function()
+  it("folds exited processes' entries and keeps the filter's verdicts with them", function()
+    local s = offline{ max_entries = 5 }
+    -- Pids above pid_max: nothing to read, the same addresses make one trace.
+    local base = 4200000
+    for pid = base + 10, base + 13 do
+      for _ = 1, pid - base - 9 do assert(s:inject(pid, "w", { 0x1000, 0x2000 })) end
+    end
+    s:filter(("not pid == %d"):format(base + 11))
+    s:poll(0)
+    assert.are.equal(1 + 3 + 4, s:batch():total())   -- judged: base + 11 dropped
+    for pid = base + 10, base + 13 do assert(s:inject_event("exit", pid, 1, "w")) end
+    -- The fifth entry, which makes the poll fold: base + 11 again, a new process.
+    assert(s:inject(base + 11, "w", { 0x1000, 0x2000 }))
+    s:poll(0)
+    local st = s:stats()
+    assert.are.equal(1, st.folds)
+    assert.are.equal(4, st.folded_entries)
+    assert.are.equal(3, st.entries)        -- (trace, "w") kept and dropped, base + 11
+    assert.is_number(st.aggregate_bytes)
+    -- Entries made before the fold but not judged yet are judged, and later ones; the
+    -- folded ones keep their verdicts (pid 0 alone would pass the filter).
+    assert(s:inject(base + 14, "w", { 0x1000, 0x2000 }))
+    s:poll(0)
+    local b = s:batch()
+    assert.are.equal(1 + 3 + 4 + 1, b:total())
+    assert.are.equal(2 + 1, b.dropped)                     -- base + 11: before and now
+    local pids = {}
+    for i = 1, #b do pids[#pids + 1] = b:pid(i) end
+    assert.are.same({ 0, base + 14 }, pids)
+    s:close()
+  end)
+end)

@@ -235,9 +235,20 @@ local scratch = {}
 local function judge(self)
   local fn, f = self._on_trace, self._filter
   if not fn and not f then return end
-  local ev, tv, ne, nt, entries, relabelled = self._s:verdicts()
+  local ev, tv, ne, nt, entries, relabelled, folds = self._s:verdicts()
   if not ev then error("session: " .. tostring(tv), 3) end
   ev, tv = ffi.cast(verdict_ptr, ev), ffi.cast(verdict_ptr, tv)
+  -- C folded exited processes' entries: the judged ones moved down with their verdicts
+  -- and still come first, the undecided ones follow. (A new filter or a relabel left 0:
+  -- every verdict is redone anyway.)
+  if folds ~= self._folds then
+    self._folds = folds
+    if self._judged_entries > 0 then
+      local j = 0
+      while j < ne and ev[j] ~= 0 do j = j + 1 end
+      self._judged_entries = j
+    end
+  end
   if fn and nt > self._judged then
     local first = self._judged
     self._judged = nt
@@ -556,7 +567,11 @@ end
 -- unwind_budget (bytes of BPF memory for stack-delta tables, default 64 MiB; tables that
 -- do not fit are evicted or left out, counted in stats.deltas, and their frames walked by
 -- frame pointers), offline (no BPF: samples come from s:inject, for tests),
--- raw (write a raw recording to this file), replay (run from a raw recording instead).
+-- raw (write a raw recording to this file), replay (run from a raw recording instead),
+-- max_entries (default 16384: once a poll ends with that many (trace, pid, comm)
+-- entries, those of exited processes are folded into one entry per (trace, comm) with
+-- pid 0, counts added, so that a fork storm cannot grow the aggregate without bound;
+-- counted in stats.folded_entries and stats.folds; a replay must use the same value).
 -- Returns a session, or nil, message, errno.
 function M.session(opts)
   opts = opts or {}
@@ -575,11 +590,12 @@ function M.session(opts)
                                     unwind = opts.unwind, user = opts.user,
                                     max_frames = opts.max_frames, offline = opts.offline,
                                     unwind_budget = opts.unwind_budget,
+                                    max_entries = opts.max_entries,
                                     replay = replay }
   if not s then return nil, msg, errno end
   shared.next_id = shared.next_id + 1
   local self = setmetatable({ _s = s, _id = shared.next_id, _traces = {}, _started = s:clock(),
-                              _hook_errors = {}, _judged = 0, _judged_entries = 0,
+                              _hook_errors = {}, _judged = 0, _judged_entries = 0, _folds = 0,
                               _process_listeners = {}, _tickers = {},
                               _offline = opts.offline and true or false,
                               _replay = replay and true or nil,
