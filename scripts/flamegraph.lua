@@ -28,7 +28,7 @@ COMMAND or every -p process has exited, or on Ctrl-C.
 
 local o = args.cli({
   name = "flamegraph", usage = USAGE, command = true,
-  { "-F", "--frequency", key = "frequency", kind = "frequency", floor = true, default = 99 },
+  { "-F", "--frequency", key = "frequency", kind = "frequency", default = 99 },
   { "-d", "--duration", key = "duration", kind = "number", min = 0.001 },
   { "-o", "--output", key = "output", kind = "string", default = "flamegraph.svg" },
   { "-p", "--pid", key = "pids", kind = "pids" },

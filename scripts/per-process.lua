@@ -22,7 +22,7 @@ when every one of those processes has exited (they must exist at the start).
 
 local o = args.cli({
   name = "per-process", usage = USAGE,
-  { "-F", "--frequency", key = "frequency", kind = "frequency", floor = true, default = 99 },
+  { "-F", "--frequency", key = "frequency", kind = "frequency", default = 99 },
   { "-d", "--duration", key = "duration", kind = "number", min = 0.001, default = 10 },
   { "-n", "--lines", key = "lines", kind = "integer", min = 1, default = 30 },
   { nil, "--depth", key = "depth", kind = "integer", min = 1 },

@@ -46,7 +46,7 @@ bad command line (options, a pid that does not exist); 1 when sampling fails.
 
 local SPEC = {
   name = "record", usage = USAGE, command = "bare",
-  { "-F", "--frequency", key = "frequency", kind = "frequency", floor = true, default = 99 },
+  { "-F", "--frequency", key = "frequency", kind = "frequency", default = 99 },
   { "-d", "--duration", key = "duration", kind = "number", min = 0.001 },
   { "-p", "--pid", key = "pids", kind = "pids" },
   { "-G", "--cgroup", key = "cgroup", kind = "string" },

@@ -28,7 +28,7 @@ one report per second, appended.
 
 local o = args.cli({
   name = "top", usage = USAGE,
-  { "-F", "--frequency", key = "frequency", kind = "frequency", floor = true, default = 99 },
+  { "-F", "--frequency", key = "frequency", kind = "frequency", default = 99 },
   { "-d", "--duration", key = "duration", kind = "number", min = 0.001 },
   { "-n", "--lines", key = "lines", kind = "integer", min = 1, default = 20 },
   { "-p", "--pid", key = "pids", kind = "pids" },

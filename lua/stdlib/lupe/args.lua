@@ -9,8 +9,9 @@
 --     { nil, "--filter", key = "filter", kind = "string" },
 --   }
 --
--- Option kinds: "number" (min, max, above = exclusive minimum), "integer" (same bounds),
--- "frequency" (an integer in Hz from 1 to the kernel's perf_event_max_sample_rate),
+-- Option kinds: "number" (min, max, above = exclusive minimum), "integer" (same bounds;
+-- floor = true floors a fraction instead of refusing it),
+-- "frequency" (Hz, floored, from 1 to the kernel's perf_event_max_sample_rate),
 -- "pids" (PID[,PID...], repeatable, appended), "string", "flag" (true when given).
 -- "--long=value" works for every option that takes a value. A string option's value may
 -- not start with '-' (it is the next option, forgotten value); a number's may (then it
@@ -58,13 +59,15 @@ local function convert(o, v, spec)
     n = nil
   end
   local integer = kind == "integer" or kind == "frequency"
-  local what = (integer and not o.floor) and "an integer" or "a number"
+  -- A frequency is floored (99.5 Hz samples at 99), as the scripts always did.
+  local floored = o.floor or kind == "frequency"
+  local what = (integer and not floored) and "an integer" or "a number"
   local min = o.min
   if kind == "frequency" then min = min or 1 end
   local bound = describe_min({ min = min, above = o.above })
   local expect = bound and (what .. " " .. bound) or what
   if not n then return nil, fmt("expected %s, got '%s'", expect, v) end
-  if o.floor then n = floor(n) end
+  if floored then n = floor(n) end
   if integer and n % 1 ~= 0 then return nil, fmt("expected %s, got '%s'", expect, v) end
   if (min and n < min) or (o.above and n <= o.above) then
     return nil, fmt("expected %s, got '%s'", expect, v)
@@ -85,10 +88,22 @@ local function takes_negative(o)
   return o.kind == "number" or o.kind == "integer" or o.kind == "frequency" or o.kind == "pids"
 end
 
+local parse
+
 -- Parses argv by spec. Returns opts (defaults filled in; opts.command = the words after
 -- "--", or from the first word that is no option when spec.command == "bare"), or nil,
--- message. opts.help is true for -h/--help (nothing else is checked then).
+-- message. { help = true } for -h/--help, also when the line has errors besides.
 function M.parse(spec, argv)
+  local o, err = parse(spec, argv)
+  if o then return o end
+  for _, a in ipairs(argv) do
+    if a == "--" then break end
+    if a == "-h" or a == "--help" then return { help = true } end
+  end
+  return nil, err
+end
+
+function parse(spec, argv)
   local by_name, opts = {}, {}
   for _, o in ipairs(spec) do
     if o[1] then by_name[o[1]] = o end
