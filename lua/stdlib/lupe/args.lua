@@ -259,6 +259,13 @@ function M.output(path)
     if not fh then return nil, err end
     return setmetatable({ fh = fh, path = path }, Output)
   end
+  -- A directory would only fail the rename at the end, after the sampling.
+  local probe = open(path)
+  if probe then
+    local _, _, code = probe:read(0)
+    probe:close()
+    if code == 21 then return nil, path .. ": Is a directory" end
+  end
   local dir, base = path:match("^(.*/)([^/]*)$")
   dir, base = dir or "", base or path
   if base == "" then return nil, path .. ": is a directory" end
@@ -273,8 +280,8 @@ function M.output(path)
   return out
 end
 
--- Closes and moves the file into place; returns true or nil, message (the temporary
--- file is removed then).
+-- Closes and moves the file into place; returns true or nil, message (a failed close
+-- removes the temporary file; a failed rename keeps it and names it in the message).
 function Output:commit()
   if not self.fh then return nil, "already closed" end
   pending[self] = nil
@@ -287,8 +294,8 @@ function Output:commit()
   if self.tmp then
     local rok, rerr = os.rename(self.tmp, self.path)
     if not rok then
-      os.remove(self.tmp)
-      return nil, rerr
+      -- The profile is complete: keep it where it is rather than lose it.
+      return nil, ("%s (the profile is in %s)"):format(rerr, self.tmp)
     end
   end
   return true
