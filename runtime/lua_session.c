@@ -10,6 +10,7 @@
 #include "sampler.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stddef.h>
 #include <lauxlib.h>
 #include <lua.h>
@@ -45,6 +46,17 @@ static int ok_or_errno(lua_State *L, int err, const char *what)
 	return 1;
 }
 
+/* A frequency in Hz: an integer >= 1. 0 or a negative number would reach C as the default
+ * (0) or as 4 billion Hz (the cast), so they are argument errors here. */
+static unsigned int check_hz(lua_State *L, int idx, const char *what)
+{
+	lua_Number hz = luaL_checknumber(L, idx);
+
+	if (!(hz >= 1) || hz > UINT_MAX)
+		luaL_error(L, "%s: expected a frequency in Hz >= 1, got %f", what, (double)hz);
+	return (unsigned int)hz;
+}
+
 static int l_new(lua_State *L)
 {
 	LUPE_OPTS(lupe_session_opts, opts);
@@ -53,7 +65,7 @@ static int l_new(lua_State *L)
 	if (!lua_isnoneornil(L, 1)) {
 		luaL_checktype(L, 1, LUA_TTABLE);
 		lua_getfield(L, 1, "frequency");
-		opts.frequency = lua_isnil(L, -1) ? 0 : (unsigned int)luaL_checkinteger(L, -1);
+		opts.frequency = lua_isnil(L, -1) ? 0 : check_hz(L, -1, "frequency");
 		lua_getfield(L, 1, "kernel");
 		opts.no_kernel = !lua_isnil(L, -1) && !lua_toboolean(L, -1);
 		lua_getfield(L, 1, "filter_error_frames");
@@ -214,10 +226,14 @@ static int l_poll(lua_State *L)
 	return 1;
 }
 
+/* interrupted() -> true, signal number | false */
 static int l_interrupted(lua_State *L)
 {
 	lua_pushboolean(L, lupe_session_interrupted());
-	return 1;
+	if (!lupe_session_interrupted())
+		return 1;
+	lua_pushinteger(L, lupe_session_interrupt_signal());
+	return 2;
 }
 
 static int l_clear_interrupted(lua_State *L)
@@ -236,7 +252,7 @@ static int l_set_frequency(lua_State *L)
 {
 	struct lupe_session *s = check_session(L, 1);
 
-	return ok_or_errno(L, lupe_session__set_frequency(s, (unsigned int)luaL_checkinteger(L, 2)),
+	return ok_or_errno(L, lupe_session__set_frequency(s, check_hz(L, 2, "set_frequency")),
 			   "set frequency");
 }
 

@@ -26,6 +26,8 @@ static const char usage_text[] =
 	"\n"
 	"Options:\n"
 	"  -v, -vv                   more log output (info, debug), on stderr\n"
+	"  --version                 print the version\n"
+	"  -h, --help                this text\n"
 	"\n"
 	"Environment:\n"
 	"  LUPE_PATH                 directory holding lua/ (the stdlib) and scripts/;\n"
@@ -48,9 +50,9 @@ static const char run_usage[] =
 	"                  applied, hooks and filter replaced by the new script's), samples,\n"
 	"                  process table and caches survive. A script that fails to load keeps\n"
 	"                  the old one running and prints the error.\n"
-	"  --replay FILE   published to the script as run_options.replay: a session reads\n"
-	"                  recorded samples from FILE instead of sampling live, where the\n"
-	"                  session supports it\n"
+	"  --replay FILE   published to the script as run_options.replay: every session the\n"
+	"                  script starts reads the recorded samples from FILE instead of\n"
+	"                  sampling live (no BPF, no root needed)\n"
 	"\n"
 	"As root, SCRIPT must be owned by root and not writable by group or other (exit 2).\n";
 

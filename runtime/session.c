@@ -176,7 +176,7 @@ static void on_signal(int sig)
 		raise(SIGINT);
 		return;
 	}
-	interrupted = 1;
+	interrupted = sig;
 }
 
 void lupe_session_install_signal_handlers(void)
@@ -196,6 +196,12 @@ void lupe_session_install_signal_handlers(void)
 }
 
 bool lupe_session_interrupted(void)
+{
+	return interrupted;
+}
+
+/* The signal that set the flag (record exits 128 + it), 0 when none did. */
+int lupe_session_interrupt_signal(void)
 {
 	return interrupted;
 }

@@ -86,6 +86,7 @@ int lupe_session__ingest_event(struct lupe_session *s, const struct lupe_proc_ev
  * kills the process as SIGINT's default action does. */
 void lupe_session_install_signal_handlers(void);
 bool lupe_session_interrupted(void);
+int lupe_session_interrupt_signal(void);
 void lupe_session_clear_interrupted(void);
 
 int lupe_session__set_frequency(struct lupe_session *s, unsigned int hz);

@@ -9,54 +9,64 @@
 --   lupe flamegraph -p 1234 --filter "frame ~ 'malloc*'" -o malloc.svg
 local lupe = require "lupe"
 local output = require "lupe.output"
+local args = require "lupe.args"
 
 local USAGE = [=[
 usage: lupe flamegraph [-F HZ] [-d SECONDS] [-p PID,...] [--filter EXPR] [--no-kernel]
                        [-o FILE.svg] [-- COMMAND [ARGS...]]
 
-Writes an SVG flame graph (default: flamegraph.svg).
+Writes an SVG flame graph (default: flamegraph.svg) once sampling ends: after -d, when
+COMMAND or every -p process has exited, or on Ctrl-C.
+
+  -F, --frequency HZ     samples per second per CPU (default 99)
+  -d, --duration SECS    stop after SECS seconds
+  -p, --pid PID[,PID...] only these processes (they must exist)
+  -o, --output FILE      the SVG file (replaced only once the graph is complete)
+      --filter EXPR      keep the samples EXPR matches (see lupe.filter)
+      --no-kernel        user stacks only
 ]=]
 
-local function die(msg)
-  io.stderr:write("lupe flamegraph: ", msg, "\n")
-  os.exit(2)
-end
-
-local o = { frequency = 99, output = "flamegraph.svg" }
-local i = 1
-while i <= #arg do
-  local a, v = arg[i], arg[i + 1]
-  if a == "-h" or a == "--help" then io.stdout:write(USAGE) os.exit(0)
-  elseif a == "--" then o.command = { unpack(arg, i + 1) } break
-  elseif a == "-F" then o.frequency = tonumber(v) or die("-F: a number") i = i + 1
-  elseif a == "-d" then o.duration = tonumber(v) or die("-d: a number") i = i + 1
-  elseif a == "-o" then o.output = v or die("-o: a file") i = i + 1
-  elseif a == "-p" then
-    o.pids = {}
-    for p in (v or ""):gmatch("[^,]+") do o.pids[#o.pids + 1] = tonumber(p) or die("-p: not a pid") end
-    i = i + 1
-  elseif a == "--filter" then o.filter = v or die("--filter: an expression") i = i + 1
-  elseif a == "--no-kernel" then o.no_kernel = true
-  else die("unknown argument '" .. a .. "'") end
-  i = i + 1
-end
+local o = args.cli({
+  name = "flamegraph", usage = USAGE, command = true,
+  { "-F", "--frequency", key = "frequency", kind = "frequency", default = 99 },
+  { "-d", "--duration", key = "duration", kind = "number", min = 0.001 },
+  { "-o", "--output", key = "output", kind = "string", default = "flamegraph.svg" },
+  { "-p", "--pid", key = "pids", kind = "pids" },
+  { nil, "--filter", key = "filter", kind = "string" },
+  { nil, "--no-kernel", key = "no_kernel", kind = "flag" },
+}, arg)
+local function die(msg) args.die("flamegraph", msg) end
+if o.command and o.pids then die("choose one of COMMAND and -p") end
+local gone = args.check_pids(o.pids)
+if gone then die(gone) end
 if not o.duration and not o.command and not o.pids then
   io.stderr:write("lupe flamegraph: sampling the whole system until Ctrl-C\n")
 end
 
-local fh, ferr = io.open(o.output, "w")
-if not fh then die("cannot write '" .. o.output .. "': " .. tostring(ferr)) end
+-- A temporary file beside -o until the graph is complete: an earlier graph survives a
+-- failed start or a failed write.
+local out, ferr = args.output(o.output)
+if not out then die("cannot write '" .. o.output .. "': " .. tostring(ferr)) end
 local target = o.command and { command = o.command } or o.pids and { pids = o.pids } or "system"
-local s, err = lupe.session{ frequency = math.floor(o.frequency), kernel = not o.no_kernel,
+local s, err = lupe.session{ frequency = o.frequency, kernel = not o.no_kernel,
                              target = target }
-if not s then die(err) end
+if not s then
+  out:discard()
+  io.stderr:write("lupe flamegraph: ", tostring(err), "\n")
+  return (o.command and tostring(err):match("^cannot run '")) and 127 or 1
+end
 if o.filter then
   local ok, e = pcall(s.filter, s, o.filter)
-  if not ok then die(tostring(e)) end
+  if not ok then s:close() die(tostring(e)) end
 end
-s:on_end(function(profile) output.get("svg").write(profile, fh, {}) end)
-local p = s:run{ duration = o.duration }
-fh:close()
+local p = s:run{ duration = o.duration, stop = args.until_gone(o.pids) }
+local wok, werr = pcall(output.get("svg").write, p, out.fh, {})
+if wok then wok, werr = out:commit() else out:discard() end
+if not wok then
+  io.stderr:write("lupe flamegraph: cannot write '", o.output, "': ", tostring(werr), "\n")
+  s:close()
+  return 1
+end
 local n = 0
 for _, e in ipairs(p.entries) do n = n + e.count end
 io.stderr:write(("lupe flamegraph: %d samples (%d lost, %d filtered), %d stacks, written to %s\n")

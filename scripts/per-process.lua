@@ -10,35 +10,26 @@
 --   lupe per-process -d 5 -n 40 --depth 2     cgroups cut to their first two levels
 local lupe = require "lupe"
 local ffi = require "ffi"
+local args = require "lupe.args"
 
 local USAGE = [=[
 usage: lupe per-process [-F HZ] [-d SECONDS] [-n N] [--depth N] [-p PID,...]
 
 Samples per process and per cgroup, largest first (default: 10 s, 30 lines each).
---depth N groups cgroups by their first N path components.
+--depth N groups cgroups by their first N path components. With -p, sampling also ends
+when every one of those processes has exited (they must exist at the start).
 ]=]
 
-local function die(msg)
-  io.stderr:write("lupe per-process: ", msg, "\n")
-  os.exit(2)
-end
-
-local o = { frequency = 99, duration = 10, lines = 30 }
-local i = 1
-while i <= #arg do
-  local a, v = arg[i], arg[i + 1]
-  if a == "-h" or a == "--help" then io.stdout:write(USAGE) os.exit(0)
-  elseif a == "-F" then o.frequency = tonumber(v) or die("-F: a number") i = i + 1
-  elseif a == "-d" then o.duration = tonumber(v) or die("-d: a number") i = i + 1
-  elseif a == "-n" then o.lines = tonumber(v) or die("-n: a number") i = i + 1
-  elseif a == "--depth" then o.depth = tonumber(v) or die("--depth: a number") i = i + 1
-  elseif a == "-p" then
-    o.pids = {}
-    for p in (v or ""):gmatch("[^,]+") do o.pids[#o.pids + 1] = tonumber(p) or die("-p: not a pid") end
-    i = i + 1
-  else die("unknown argument '" .. a .. "'") end
-  i = i + 1
-end
+local o = args.cli({
+  name = "per-process", usage = USAGE,
+  { "-F", "--frequency", key = "frequency", kind = "frequency", default = 99 },
+  { "-d", "--duration", key = "duration", kind = "number", min = 0.001, default = 10 },
+  { "-n", "--lines", key = "lines", kind = "integer", min = 1, default = 30 },
+  { nil, "--depth", key = "depth", kind = "integer", min = 1 },
+  { "-p", "--pid", key = "pids", kind = "pids" },
+}, arg)
+local gone = args.check_pids(o.pids)
+if gone then args.die("per-process", gone) end
 
 pcall(ffi.cdef, "long readlink(const char *path, char *buf, size_t bufsiz);")
 local buf = ffi.new("char[4096]")
@@ -66,16 +57,19 @@ local function read_info(pid)
   return { exe = exe, cgroup = cg }
 end
 
-local s, err = lupe.session{ frequency = math.floor(o.frequency),
+local s, err = lupe.session{ frequency = o.frequency,
                              target = o.pids and { pids = o.pids } or "system" }
-if not s then die(err) end
+if not s then
+  io.stderr:write("lupe per-process: ", tostring(err), "\n")
+  return 1
+end
 s:on_interval(1.0, function(batch)
   for k = 1, #batch do
     local pid = batch:pid(k)
     if not info[pid] then info[pid] = read_info(pid) end
   end
 end)
-local p = s:run{ duration = o.duration }
+local p = s:run{ duration = o.duration, stop = args.until_gone(o.pids) }
 s:close()
 
 local procs, cgroups, total = {}, {}, 0

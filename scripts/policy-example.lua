@@ -10,32 +10,26 @@
 --   lupe policy-example -d 60 --hot 5 --fast 999 --slow 49 --every 5
 local lupe = require "lupe"
 local policy = require "lupe.policy"
+local args = require "lupe.args"
 
 local USAGE = [=[
 usage: lupe policy-example [-d SECONDS] [--hot N] [--fast HZ] [--slow HZ] [--every SECONDS]
 ]=]
 
-local function die(msg)
-  io.stderr:write("lupe policy-example: ", msg, "\n")
-  os.exit(2)
-end
-
-local o = { duration = 20, hot = 3, fast = 499, slow = 19, every = 2 }
-local i = 1
-while i <= #arg do
-  local a, v = arg[i], tonumber(arg[i + 1])
-  if a == "-h" or a == "--help" then io.stdout:write(USAGE) os.exit(0)
-  elseif a == "-d" then o.duration = v or die("-d: a number")
-  elseif a == "--hot" then o.hot = v or die("--hot: a number")
-  elseif a == "--fast" then o.fast = v or die("--fast: a number")
-  elseif a == "--slow" then o.slow = v or die("--slow: a number")
-  elseif a == "--every" then o.every = v or die("--every: a number")
-  else die("unknown argument '" .. a .. "'") end
-  i = i + 2
-end
+local o = args.cli({
+  name = "policy-example", usage = USAGE,
+  { "-d", "--duration", key = "duration", kind = "number", min = 0.001, default = 20 },
+  { nil, "--hot", key = "hot", kind = "integer", min = 1, default = 3 },
+  { nil, "--fast", key = "fast", kind = "frequency", default = 499 },
+  { nil, "--slow", key = "slow", kind = "frequency", default = 19 },
+  { nil, "--every", key = "every", kind = "number", min = 0.01, default = 2 },
+}, arg)
 
 local s, err = lupe.session{ frequency = o.slow }
-if not s then die(err) end
+if not s then
+  io.stderr:write("lupe policy-example: ", tostring(err), "\n")
+  return 1
+end
 local p = policy.new(s)
 p:rates{ default = o.slow }
 local history = {}

@@ -1,6 +1,7 @@
 -- profile a command, some processes, a cgroup or the whole system
 local lupe = require "lupe"
 local output = require "lupe.output"
+local args = require "lupe.args"
 
 local USAGE = [=[
 usage: lupe record [OPTIONS] [-- COMMAND [ARGS...]]
@@ -16,9 +17,12 @@ options:
   -p, --pid PID[,PID...] profile these processes
   -G, --cgroup DIR       profile a cgroup v2 directory and everything below it
   -f, --format FORMAT    folded (collapsed stacks), top (a summary), pprof, speedscope,
-                         svg (interactive flame graph) or json; default: top on stdout,
-                         folded with -o
-  -o, --output FILE      write the profile to FILE instead of stdout
+                         svg (interactive flame graph) or json (JSON Lines: one object a
+                         line); default: top on stdout; with -o, the format FILE's
+                         extension names: .svg svg, .pb.gz or .pprof pprof,
+                         .speedscope.json speedscope, .jsonl json, anything else folded
+  -o, --output FILE      write the profile to FILE instead of stdout (FILE is replaced
+                         only once the profile is complete)
   -n, --top N            lines in the top summary (default 25)
       --raw FILE         also write a raw recording to FILE (samples, process events, and
                          the mappings and symbols they need), which replays offline and
@@ -28,87 +32,51 @@ options:
       --fp               user stacks by frame pointers, not the native unwinder
   -h, --help             this text
 
-Ctrl-C stops sampling and still writes the profile. A summary of what was sampled,
-lost and filtered goes to stderr.
+Values: -F 10 or --frequency=10; -F is at most the kernel's
+/proc/sys/kernel/perf_event_max_sample_rate. Every -p PID must exist at the start.
+lupe top and lupe flamegraph take the same -F, -d, -p and --no-kernel.
+
+Ctrl-C (or SIGTERM, SIGHUP) stops sampling and still writes the profile. A summary of
+what was sampled, lost and filtered goes to stderr.
+
+Exit status: COMMAND's own; 128 + the signal (130 for Ctrl-C) when lupe was interrupted
+before COMMAND ended (COMMAND is then killed); 127 when COMMAND cannot be run; 2 for a
+bad command line (options, a pid that does not exist); 1 when sampling fails.
 ]=]
 
-local function die(msg)
-  io.stderr:write("lupe record: ", msg, "\n")
-  os.exit(2)
-end
+local SPEC = {
+  name = "record", usage = USAGE, command = "bare",
+  { "-F", "--frequency", key = "frequency", kind = "frequency", default = 99 },
+  { "-d", "--duration", key = "duration", kind = "number", min = 0.001 },
+  { "-p", "--pid", key = "pids", kind = "pids" },
+  { "-G", "--cgroup", key = "cgroup", kind = "string" },
+  { "-f", "--format", key = "format", kind = "string" },
+  { "-o", "--output", key = "output", kind = "string" },
+  { "-n", "--top", key = "top", kind = "integer", min = 1, floor = true, default = 25 },
+  { nil, "--raw", key = "raw", kind = "string" },
+  { nil, "--no-kernel", key = "no_kernel", kind = "flag" },
+  { nil, "--fp", key = "fp", kind = "flag" },
+}
 
-local function parse(argv)
-  local o = { frequency = 99, kernel = true, top = 25, unwind = true }
-  local i = 1
-  local function value(name)
-    i = i + 1
-    local v = argv[i]
-    if v == nil then die("option " .. name .. " needs a value") end
-    return v
-  end
-  local function number(name, v, min)
-    local n = tonumber(v)
-    if not n or n < min then die(("%s: expected a number >= %s, got '%s'"):format(name, min, v)) end
-    return n
-  end
-  while i <= #argv do
-    local a = argv[i]
-    if a == "--" then
-      o.command = { unpack(argv, i + 1) }
-      if #o.command == 0 then die("-- must be followed by a command") end
-      break
-    elseif a == "-h" or a == "--help" then
-      io.stdout:write(USAGE)
-      os.exit(0)
-    elseif a == "-F" or a == "--frequency" then
-      o.frequency = math.floor(number(a, value(a), 1))
-    elseif a == "-d" or a == "--duration" then
-      o.duration = number(a, value(a), 0.001)
-    elseif a == "-p" or a == "--pid" then
-      o.pids = o.pids or {}
-      for p in value(a):gmatch("[^,]+") do
-        local pid = tonumber(p)
-        if not pid or pid <= 0 or pid % 1 ~= 0 then die("-p: not a pid: '" .. p .. "'") end
-        o.pids[#o.pids + 1] = pid
-      end
-    elseif a == "-G" or a == "--cgroup" then
-      o.cgroup = value(a)
-    elseif a == "-f" or a == "--format" then
-      o.format = value(a)
-    elseif a == "-o" or a == "--output" then
-      o.output = value(a)
-    elseif a == "-n" or a == "--top" then
-      o.top = math.floor(number(a, value(a), 1))
-    elseif a == "--raw" then
-      o.raw = value(a)
-    elseif a == "--no-kernel" then
-      o.kernel = false
-    elseif a == "--fp" then
-      o.unwind = false
-    elseif a:sub(1, 1) == "-" then
-      die("unknown option '" .. a .. "' (see lupe record --help)")
-    else
-      -- A command without "--" is accepted when it cannot be taken for an option.
-      o.command = { unpack(argv, i) }
-      break
-    end
-    i = i + 1
-  end
-  local modes = (o.command and 1 or 0) + (o.pids and 1 or 0) + (o.cgroup and 1 or 0)
-  if modes > 1 then die("choose one of COMMAND, -p and -G") end
-  o.format = o.format or (o.output and "folded" or "top")
-  return o
-end
+local function die(msg) args.die("record", msg) end
 
-local opts = parse(arg)
+local opts = args.cli(SPEC, arg)
+local modes = (opts.command and 1 or 0) + (opts.pids and 1 or 0) + (opts.cgroup and 1 or 0)
+if modes > 1 then die("choose one of COMMAND, -p and -G") end
+-- Without -f, the extension of -o names the format (a.svg, a.pb.gz...), else folded.
+opts.format = opts.format or (opts.output and args.format_for(opts.output) or "top")
 local fmt_mod, ferr = output.get(opts.format)
 if not fmt_mod then die(ferr) end
--- Open the output first: a bad path fails before anything is sampled.
-local fh = io.stdout
+local gone = args.check_pids(opts.pids)
+if gone then die(gone) end
+-- The output is a temporary file beside -o until the profile is complete: a bad path
+-- fails before anything is sampled, and a failed run leaves an earlier profile intact.
+local fh, out = io.stdout, nil
 if opts.output then
-  local f, err = io.open(opts.output, "w")
-  if not f then die("cannot write the profile: " .. err) end
-  fh = f
+  local oerr
+  out, oerr = args.output(opts.output)
+  if not out then die("cannot write the profile: " .. oerr) end
+  fh = out.fh
 end
 
 local target = "system"
@@ -116,29 +84,25 @@ if opts.command then target = { command = opts.command }
 elseif opts.pids then target = { pids = opts.pids }
 elseif opts.cgroup then target = { cgroup = opts.cgroup } end
 
-local s, msg = lupe.session{ frequency = opts.frequency, kernel = opts.kernel, target = target,
-                            unwind = opts.unwind, raw = opts.raw }
+local s, msg = lupe.session{ frequency = opts.frequency, kernel = not opts.no_kernel,
+                            target = target, unwind = not opts.fp, raw = opts.raw }
 if not s then
+  if out then out:discard() end
   io.stderr:write("lupe record: ", msg, "\n")
-  return opts.command and 127 or 1
+  -- 127 only for a COMMAND that cannot be run, as a shell says it; 1 for the rest.
+  return (opts.command and msg:match("^cannot run '")) and 127 or 1
 end
 
-local function any_alive(pids)
-  for _, pid in ipairs(pids) do
-    local f = io.open("/proc/" .. pid .. "/stat")
-    if f then
-      local st = f:read("*a")
-      f:close()
-      if not st:match("%) [ZX] ") then return true end
-    end
-  end
-  return false
+local profile = s:run{ duration = opts.duration, stop = args.until_gone(opts.pids) }
+local wok, werr = pcall(fmt_mod.write, profile, fh, { top = opts.top })
+if out then
+  if wok then wok, werr = out:commit() else out:discard() end
 end
-
-local profile = s:run{ duration = opts.duration,
-                       stop = opts.pids and function() return not any_alive(opts.pids) end }
-fmt_mod.write(profile, fh, { top = opts.top })
-if fh ~= io.stdout then fh:close() end
+if not wok then
+  io.stderr:write("lupe record: cannot write the profile: ", tostring(werr), "\n")
+  s:close()
+  return 1
+end
 
 local st = profile.stats
 local reasons = {}
@@ -175,4 +139,8 @@ if opts.raw then
     st.raw_write_errors > 0 and (", %d records NOT written"):format(st.raw_write_errors) or ""))
 end
 s:close()
+-- Interrupted before COMMAND ended (it was killed with the session): 128 + the signal, as a
+-- shell reports a command the signal ended, not success.
+local _, sig = require("lupe.native").session.interrupted()
+if opts.command and profile.exit_status == nil and sig then return 128 + sig end
 return profile.exit_status or 0

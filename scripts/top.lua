@@ -9,44 +9,46 @@
 --   lupe top -p 1234 --filter "not kernel"
 local lupe = require "lupe"
 local label = require("lupe.output").label
+local args = require "lupe.args"
 
 local USAGE = [=[
 usage: lupe top [-F HZ] [-d SECONDS] [-n N] [-p PID,...] [--filter EXPR] [--no-kernel]
 
 Every second: the functions with the most samples in that second (self time), and the
-busiest processes. Ctrl-C (or -d) stops. Not a terminal: one report per second, appended.
+busiest processes. Ctrl-C (or -d, or the end of every -p process) stops. Not a terminal:
+one report per second, appended.
+
+  -F, --frequency HZ     samples per second per CPU (default 99)
+  -d, --duration SECS    stop after SECS seconds
+  -n, --lines N          functions shown (default 20)
+  -p, --pid PID[,PID...] only these processes (they must exist)
+      --filter EXPR      keep the samples EXPR matches (see lupe.filter)
+      --no-kernel        user stacks only
 ]=]
 
-local function die(msg)
-  io.stderr:write("lupe top: ", msg, "\n")
-  os.exit(2)
-end
+local o = args.cli({
+  name = "top", usage = USAGE,
+  { "-F", "--frequency", key = "frequency", kind = "frequency", default = 99 },
+  { "-d", "--duration", key = "duration", kind = "number", min = 0.001 },
+  { "-n", "--lines", key = "lines", kind = "integer", min = 1, default = 20 },
+  { "-p", "--pid", key = "pids", kind = "pids" },
+  { nil, "--filter", key = "filter", kind = "string" },
+  { nil, "--no-kernel", key = "no_kernel", kind = "flag" },
+}, arg)
+local function die(msg) args.die("top", msg) end
+local gone = args.check_pids(o.pids)
+if gone then die(gone) end
 
-local o = { frequency = 99, lines = 20 }
-local i = 1
-while i <= #arg do
-  local a, v = arg[i], arg[i + 1]
-  if a == "-h" or a == "--help" then io.stdout:write(USAGE) os.exit(0)
-  elseif a == "-F" then o.frequency = tonumber(v) or die("-F: a number") i = i + 1
-  elseif a == "-d" then o.duration = tonumber(v) or die("-d: a number") i = i + 1
-  elseif a == "-n" then o.lines = tonumber(v) or die("-n: a number") i = i + 1
-  elseif a == "-p" then
-    o.pids = {}
-    for p in (v or ""):gmatch("[^,]+") do o.pids[#o.pids + 1] = tonumber(p) or die("-p: not a pid") end
-    i = i + 1
-  elseif a == "--filter" then o.filter = v or die("--filter: an expression") i = i + 1
-  elseif a == "--no-kernel" then o.no_kernel = true
-  else die("unknown argument '" .. a .. "'") end
-  i = i + 1
-end
-
-local s, err = lupe.session{ frequency = math.floor(o.frequency), kernel = not o.no_kernel,
+local s, err = lupe.session{ frequency = o.frequency, kernel = not o.no_kernel,
                              target = o.pids and { pids = o.pids } or "system",
                              hook_timeout = false }
-if not s then die(err) end
+if not s then
+  io.stderr:write("lupe top: ", tostring(err), "\n")
+  return 1
+end
 if o.filter then
   local ok, ferr = pcall(s.filter, s, o.filter)
-  if not ok then die(tostring(ferr)) end
+  if not ok then s:close() die(tostring(ferr)) end
 end
 
 local tty = os.getenv("TERM") ~= nil and os.execute("test -t 1") == 0
@@ -56,7 +58,7 @@ local function ranked(t, n)
   local list = {}
   for k, v in pairs(t) do list[#list + 1] = { k, v } end
   table.sort(list, function(a, b) if a[2] ~= b[2] then return a[2] > b[2] end return a[1] < b[1] end)
-  while #list > n do list[#list] = nil end
+  for k = #list, n + 1, -1 do list[k] = nil end
   return list
 end
 
@@ -93,6 +95,6 @@ s:on_interval(1.0, function(batch)
   io.stdout:flush()
 end)
 
-s:run{ duration = o.duration }
+s:run{ duration = o.duration, stop = args.until_gone(o.pids) }
 s:close()
 return 0

@@ -160,7 +160,10 @@ local function traceback(e)
   local lines = {}
   for l in debug.traceback(tostring(e), 2):gmatch("[^\n]+") do
     if l:match("in function 'xpcall'") or l:match("lupe/repl%.lua") then break end
-    if not l:match("^%s*%[builtin#") then lines[#lines + 1] = l end
+    -- error() itself is no place in the user's code (a helper's error showed only it).
+    if not l:match("^%s*%[builtin#") and not l:match("^%s*%[C%]: in function 'error'$") then
+      lines[#lines + 1] = l
+    end
   end
   if lines[#lines] == "stack traceback:" then lines[#lines] = nil end
   return concat(lines, "\n")
@@ -220,6 +223,9 @@ function M.helpers(s, out)
   function h.freq(hz)
     local ss = need()
     if hz ~= nil then
+      if type(hz) ~= "number" or hz < 1 then
+        error("freq: expected a frequency in Hz >= 1, got " .. tostring(hz), 2)
+      end
       local ok, msg = ss:set_frequency(hz)
       if not ok then error(msg, 2) end
     end
@@ -332,6 +338,12 @@ function M.main(args)
   local lupe = require "lupe"
   local native = require("lupe.native").repl
   local s
+  -- A pid that does not exist would leave an empty session running: say so instead.
+  local gone = require("lupe.args").check_pids(o.session and o.pids)
+  if gone then
+    io.stderr:write("lupe repl: ", gone, "\n")
+    return 2
+  end
   if o.session then
     local msg
     s, msg = lupe.session{ frequency = o.frequency, target = o.pids and { pids = o.pids } or "system" }

@@ -41,8 +41,12 @@ end
 -- Loads and starts the script in a fresh coroutine, up to its s:run or its end.
 function Watch:start_script()
   if self.root then
-    local ok, why = repl_native.check_trusted(self.path)
-    if not ok then return "error", "refusing to run as root: " .. why end
+    local ok, why, errno = repl_native.check_trusted(self.path)
+    if not ok then
+      -- A missing script (ENOENT) is no trust problem: say so, as a plain run does.
+      if errno == 2 then return "error", "cannot open script " .. why end
+      return "error", "refusing to run as root: " .. why
+    end
   end
   local fn, err = loadfile(self.path)
   if not fn then return "error", err end

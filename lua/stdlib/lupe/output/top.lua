@@ -43,7 +43,7 @@ function M.write(profile, fh, opts)
   local st = profile.stats
   fh:write(fmt("lupe: %d samples in %.1f s at %d Hz on %d CPUs (%s)\n", total,
                profile.duration or 0, profile.frequency or 0, st.ncpus or 0,
-               output.loss_summary(st)))
+               output.counts_summary(st)))
   if total == 0 then
     fh:write("no samples: nothing ran on the sampled CPUs, or the target was idle\n")
     return
@@ -55,14 +55,14 @@ function M.write(profile, fh, opts)
     fh:write(fmt("%6.2f%% %6.2f%%  %-50s %s\n", pct(kv[2]), pct(incl[kv[1]] or kv[2]), kv[1],
                  mods[kv[1]] or ""))
   end
-  fh:write(fmt("\n%7s  %s\n", "samples", "process (pid)"))
+  fh:write(fmt("\n%7s  %s\n", "share", "process (pid)"))
   for i, kv in ipairs(ranked(procs)) do
     if i > math.min(n, 10) then break end
     fh:write(fmt("%6.2f%%  %s\n", pct(kv[2]), kv[1]))
   end
   -- Only when APM agents named services: the summary of other profiles stays as it was.
   if services then
-    fh:write(fmt("\n%7s  %s\n", "samples", "service.name"))
+    fh:write(fmt("\n%7s  %s\n", "share", "service.name"))
     for i, kv in ipairs(ranked(services)) do
       if i > math.min(n, 10) then break end
       fh:write(fmt("%6.2f%%  %s\n", pct(kv[2]), kv[1]))
