@@ -41,7 +41,9 @@ what was sampled, lost and filtered goes to stderr.
 
 Exit status: COMMAND's own; 128 + the signal (130 for Ctrl-C) when lupe was interrupted
 before COMMAND ended (COMMAND is then killed); 127 when COMMAND cannot be run; 2 for a
-bad command line (options, a pid that does not exist); 1 when sampling fails.
+bad command line (options, a pid that does not exist); 1 when sampling fails; 3 when a
+replayed recording (LUPE_REPLAY) is cut short or damaged: the profile up to the damage is
+written, and its counts stop there.
 ]=]
 
 local SPEC = {
@@ -139,6 +141,13 @@ if opts.raw then
     st.raw_write_errors > 0 and (", %d records NOT written"):format(st.raw_write_errors) or ""))
 end
 s:close()
+-- A replay of a cut or damaged recording: what it held is written, but it is not the whole
+-- run (the reader said where it stopped, above).
+if (st.replay_errors or 0) > 0 then
+  io.stderr:write(("lupe record: the recording is cut short or damaged (%d errors): the " ..
+    "profile and its counts stop there\n"):format(st.replay_errors))
+  return 3
+end
 -- Interrupted before COMMAND ended (it was killed with the session): 128 + the signal, as a
 -- shell reports a command the signal ended, not success.
 local _, sig = require("lupe.native").session.interrupted()

@@ -213,4 +213,19 @@ t.case("help texts: --version, JSON Lines, exit statuses, shared options", funct
   check(out:match("lupe top and lupe flamegraph take the same"), "no shared flags")
 end)
 
+t.case("a replay of a cut recording writes what it holds, says so and exits 3", function()
+  local fixture = slurp(t.fixtures .. "/replay/hot.raw")
+  check(fixture, "no fixture recording")
+  local tmp = t.tmpdir()
+  write(tmp .. "/cut.raw", fixture:sub(1, #fixture - 100))
+  local status, _, err = t.run(("LUPE_REPLAY=%s/cut.raw %s record -o %s/out.folded")
+    :format(tmp, L, tmp))
+  local out = slurp(tmp .. "/out.folded") or ""
+  os.execute("rm -rf " .. tmp)
+  check(status == 3, "exit status %s, want 3: %s", tostring(status), err)
+  check(err:match("cut short or damaged %(1 errors%)"), "no summary of the damage: %s", err)
+  check(out:match("^hot;[^\n]* %d+\n"), "the samples before the cut were not written: %q",
+    out:sub(1, 200))
+end)
+
 os.exit(t.run_all())
