@@ -1,11 +1,14 @@
 -- Soak: whole-system profiling at 99 Hz for a long time under a fork/exec storm and
 -- library churn; prints, every interval, what must stay bounded.
 --   sudo build/lupe run bench/soak.lua [--minutes N] [--interval SECONDS] [--hz HZ]
---                                      [--max-entries N] [--trim]
+--                                      [--max-entries N] [--trim] [--export]
 -- Defaults: 10 minutes, every 30 s, 99 Hz, the session's max_entries. Needs root, cc, and
 -- bench/workloads/. (Columns a lupe without them lacks print 0: before/after runs.)
 -- --trim: malloc_trim(0) before each row, a diagnosis of how much of RSS is free heap
 -- glibc keeps (fragmentation), not something lupe does.
+-- --export: what a continuous profiler does: every interval, write that interval's profile
+-- (pprof, to a file here) and forget the aggregate (s:reset()). Without it, the aggregate
+-- holds the whole run, as lupe record's does; traces and entries are then per interval.
 --
 -- Load, started here and stopped at the end:
 --   storm: processes of /bin/true, 16 at a time, as fast as they go (thousands a second);
@@ -35,19 +38,20 @@ struct lupe_soak_mallinfo2 mallinfo2(void);
 int malloc_trim(size_t pad);
 ]]
 
-local minutes, interval, hz, max_entries, trim = 10, 30, 99, nil, false
+local minutes, interval, hz, max_entries, trim, export = 10, 30, 99, nil, false, false
 local argv = { ... }
 local i = 1
 while i <= #argv do
   local a, v = argv[i], tonumber(argv[i + 1])
   if a == "--trim" then trim, v = true, nil
+  elseif a == "--export" then export, v = true, nil
   elseif a == "--minutes" and v then minutes = v
   elseif a == "--interval" and v then interval = v
   elseif a == "--hz" and v then hz = math.floor(v)
   elseif a == "--max-entries" and v then max_entries = v
   else
     io.stderr:write("usage: lupe run bench/soak.lua [--minutes N] [--interval S] [--hz HZ] " ..
-                    "[--max-entries N] [--trim]\n")
+                    "[--max-entries N] [--trim] [--export]\n")
     os.exit(2)
   end
   i = i + (v and 2 or 1)
@@ -141,7 +145,16 @@ local function row()
   last_execs = st.exec_events
 end
 
-s:on_interval(interval, function() row() end)
+local exported = 0
+s:on_interval(interval, function()
+  row()
+  if not export then return end
+  local out = assert(io.open(tmp .. "/export.pb.gz", "wb"))
+  require("lupe.output.pprof").write(s:profile(), out)
+  exported = exported + out:seek("end")
+  out:close()
+  s:reset()
+end)
 local ok, err = pcall(function() return s:run{ duration = minutes * 60 } end)
 if load_pgid then os.execute(("kill -TERM -%d 2>/dev/null"):format(load_pgid)) end
 os.execute("sleep 0.5; rm -rf " .. tmp)
@@ -160,6 +173,9 @@ for idx = 1, st.traces do
   end
 end
 print(("soak: %d of %d traces have unknown frames"):format(unknown_traces, st.traces))
+if export then
+  print(("soak: exported %d pprof bytes in %d resets"):format(exported, st.resets or 0))
+end
 print(("soak: done; %d samples, %d lost, %d exec events, %d exit events, %d unknown frames, " ..
   "%d entries folded in %d folds, %.0f aggregate bytes per trace")
   :format(st.samples, st.lost, st.exec_events, st.exit_events, st.unknown_frames,

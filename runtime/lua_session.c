@@ -360,6 +360,16 @@ static int l_interval_reset(lua_State *L)
 	return 0;
 }
 
+static int l_reset(lua_State *L)
+{
+	int err = lupe_session__reset(check_session(L, 1));
+
+	if (err)
+		return lupe_push_errno(L, err, "reset");
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 #define SET(field) (lua_pushnumber(L, (lua_Number)st.field), lua_setfield(L, -2, #field))
 #define SET_PM(field) (lua_pushnumber(L, (lua_Number)st.pm.field), lua_setfield(L, -2, #field))
 static void set_num(lua_State *L, const char *k, uint64_t v)
@@ -431,6 +441,7 @@ static int l_stats(lua_State *L)
 	SET(entries);
 	SET(folded_entries);
 	SET(folds);
+	SET(resets);
 	SET(aggregate_bytes);
 	SET(symbol_misses);
 	SET(symbolize_errors);
@@ -884,6 +895,7 @@ static const luaL_Reg session_methods[] = {
 	{ "entries", l_entries },
 	{ "trace", l_trace },
 	{ "interval_reset", l_interval_reset },
+	{ "reset", l_reset },
 	{ "ntraces", l_ntraces },
 	{ "stats", l_stats },
 	{ "close", l_close },

@@ -1811,6 +1811,47 @@ static int fold_entries(struct lupe_session *s)
 	return 0;
 }
 
+int lupe_session__reset(struct lupe_session *s)
+{
+	struct lupe_hashmap *index = lupe_hashmap__new();
+	size_t i;
+
+	if (!index)
+		return -ENOMEM;
+	lupe_hashmap__free(s->trace_index);
+	s->trace_index = index;
+	for (i = 0; i < s->nentries; i++) {
+		size_t nf = (size_t)s->raws[i].klen + s->raws[i].ulen;
+
+		if (s->raws[i].gen != FOLDED_GEN)
+			s->agg_heap -= 8 * (nf ? nf : 1);
+		free(s->raws[i].frames);
+	}
+	for (i = 0; i < s->ntraces; i++) {
+		struct lupe_sym_trace *t = &s->traces[i];
+
+		drop_converted(s, t);
+		if (t->frames)
+			s->agg_heap -= (t->nframes ? t->nframes : 1) * sizeof(*t->frames);
+		free((void *)t->frames);
+	}
+	s->nentries = s->ntraces = s->nsymbolized = s->nkpending = 0;
+	if (s->slots)
+		memset(s->slots, 0, s->nslots * sizeof(*s->slots));
+	/* Tallies name entries; a drain notifies and empties them before it returns. */
+	if (s->tally)
+		memset(s->tally, 0, s->cap_tally * sizeof(*s->tally));
+	s->ntally = 0;
+	if (s->hooks) {
+		memset(s->hooks->entry_v, LUPE_VERDICT_UNDECIDED, s->hooks->cap_entry_v);
+		memset(s->hooks->trace_v, LUPE_VERDICT_UNDECIDED, s->hooks->cap_trace_v);
+	}
+	s->fold_at = s->max_entries;
+	s->st.traces = s->st.entries = 0;
+	s->st.resets++;
+	return 0;
+}
+
 void lupe_session__stats(struct lupe_session *s, struct lupe_session_stats *out)
 {
 	struct lupe_tracer_stats ts = { 0 };

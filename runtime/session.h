@@ -153,6 +153,13 @@ size_t lupe_session__ntraces(struct lupe_session *s);
 void lupe_session__interval_reset(struct lupe_session *s);
 /* How many times entries were folded: entry indexes moved when this changed. */
 uint64_t lupe_session__folds(const struct lupe_session *s);
+/* Forgets the aggregate: entries, traces, their verdicts and interval counts, for a
+ * script that exports what it needs as it goes; memory then follows the unique stacks of
+ * one export period, not of the whole run. Processes, mappings, symbols, interned strings
+ * and every counter stay; entry and trace indexes start again from 0. Call it between
+ * polls (a replay calls it where the recorded script did: it needs no record). Returns 0
+ * or -ENOMEM with nothing forgotten. Counted in stats (resets). */
+int lupe_session__reset(struct lupe_session *s);
 
 struct lupe_session_stats {
 	/* BPF */
@@ -167,6 +174,7 @@ struct lupe_session_stats {
 	uint64_t entries;
 	uint64_t folded_entries;  /* entries of exited processes folded into pid 0 ones */
 	uint64_t folds;           /* times entries were folded */
+	uint64_t resets;          /* lupe_session__reset calls */
 	/* Heap bytes of the aggregate: entries, their raw keys and index, traces with their
 	 * frames, interned strings and their maps. */
 	uint64_t aggregate_bytes;

@@ -409,3 +409,67 @@ TEST(folding_keeps_verdicts_with_their_entries)
 	ASSERT_EQ(dropped, 2);
 	lupe_session__free(s);
 }
+
+/* ---- reset: forgetting the aggregate ------------------------------------------------------ */
+
+TEST(reset_forgets_entries_and_traces_and_keeps_counters)
+{
+	struct lupe_session *s = offline();
+	const struct lupe_profile_entry *e;
+	const struct lupe_sym_trace *t;
+	struct lupe_session_stats st, after;
+	struct lupe_file_id hash_a;
+	struct lupe_sample smp;
+	size_t n;
+
+	ASSERT(s);
+	make_sample(&smp, getpid());
+	ingest_n(s, &smp, 3);
+	ghost_sample(&smp, GHOST, "storm", 0x5000, 2000);
+	ingest_n(s, &smp, 2);
+	ASSERT(lupe_session__poll(s, 0) >= 0);
+	e = lupe_session__entries(s, &n);
+	ASSERT_EQ(n, 2);
+	t = lupe_session__trace(s, e[0].trace);
+	ASSERT(t && t->nframes == 2 && t->frames);
+	hash_a = t->hash;
+	lupe_session__stats(s, &st);
+	ASSERT_EQ(st.samples, 5);
+	ASSERT_EQ(st.traces, 2);
+
+	ASSERT_OK(lupe_session__reset(s));
+	lupe_session__entries(s, &n);
+	ASSERT_EQ(n, 0);
+	ASSERT_EQ(lupe_session__ntraces(s), 0);
+	ASSERT(lupe_session__trace(s, 0) == NULL);
+	lupe_session__stats(s, &after);
+	ASSERT_EQ(after.resets, 1);
+	ASSERT_EQ(after.samples, 5);            /* counters are the session's, not the aggregate's */
+	ASSERT_EQ(after.traces, 0);
+	ASSERT_EQ(after.entries, 0);
+	ASSERT(after.aggregate_bytes < st.aggregate_bytes);
+
+	/* The same stack again: a new entry and trace, index 0, the same hash and names; the
+	 * per-sample cache must not find the forgotten entry. */
+	make_sample(&smp, getpid());
+	ingest_n(s, &smp, 4);
+	ASSERT(lupe_session__poll(s, 0) >= 0);
+	e = lupe_session__entries(s, &n);
+	ASSERT_EQ(n, 1);
+	ASSERT_EQ(e[0].count, 4);
+	ASSERT_EQ(e[0].interval, 4);
+	ASSERT_EQ(e[0].trace, 0);
+	t = lupe_session__trace(s, 0);
+	ASSERT(t && t->nframes == 2 && t->frames);
+	ASSERT(t->hash.hi == hash_a.hi && t->hash.lo == hash_a.lo);
+	ASSERT(t->frames[0].name && strcmp(t->frames[0].name, "test_leaf_fn") == 0);
+	lupe_session__stats(s, &after);
+	ASSERT_EQ(after.samples, 9);
+	ASSERT_EQ(after.traces, 1);
+	/* Twice in a row, and on an empty aggregate: fine. */
+	ASSERT_OK(lupe_session__reset(s));
+	ASSERT_OK(lupe_session__reset(s));
+	lupe_session__stats(s, &after);
+	ASSERT_EQ(after.resets, 3);
+	lupe_session__free(s);
+}

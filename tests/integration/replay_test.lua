@@ -99,7 +99,8 @@ end)
 
 -- The same script live and replayed: on_interval batches at the same drains, and every
 -- output format. Its few max_entries make polls fold the entries of exited processes (one
--- dd after another), which the replay must do alike.
+-- dd after another), which the replay must do alike; every second interval it exports
+-- the profile so far and forgets it (s:reset()), which the replay must follow too.
 local SCRIPT = [=[
 local lupe = require "lupe"
 local output = require "lupe.output"
@@ -107,14 +108,23 @@ local outdir, raw, cmd = arg[1], arg[2], arg[3]
 local s = assert(lupe.session{ frequency = 499, target = { command = { "sh", "-c", cmd } },
                                raw = raw ~= "-" and raw or nil, max_entries = 8 })
 local log = assert(io.open(outdir .. "/intervals", "w"))
+local exports = assert(io.open(outdir .. "/exports", "w"))
+local k = 0
 s:on_interval(0.25, function(batch)
   local n = 0
   for i = 1, #batch do n = n + batch:count(i) end
   log:write(("%d entries %d samples\n"):format(#batch, n))
+  k = k + 1
+  if k % 2 == 0 then
+    exports:write(("-- export %d\n"):format(k))
+    output.get("folded").write(s:profile(), exports)
+    s:reset()
+  end
 end)
 local p = s:run{}
 log:write(("folded %d entries in %d folds\n"):format(p.stats.folded_entries, p.stats.folds))
 log:close()
+exports:close()
 for _, fmt in ipairs{ "folded", "json", "top", "speedscope", "svg", "pprof" } do
   local f = assert(io.open(outdir .. "/out." .. fmt, "wb"))
   assert(output.get(fmt)).write(p, f, { top = 40 })
@@ -147,7 +157,9 @@ t.case("a script replayed: same on_interval batches and every output format", fu
   check(intervals and select(2, intervals:gsub("\n", "")) >= 3, "fewer than 2 intervals: %s",
         tostring(intervals))
   check(intervals:match("folded [1-9]%d* entries"), "nothing folded: %s", intervals)
-  for _, name in ipairs{ "intervals", "out.folded", "out.json", "out.top", "out.speedscope",
+  check(slurp(tmp .. "/live/exports"):match("%-%- export 2\n[^\n]+ %d+\n"),
+        "no export before a reset: %s", slurp(tmp .. "/live/exports"))
+  for _, name in ipairs{ "intervals", "exports", "out.folded", "out.json", "out.top", "out.speedscope",
                          "out.svg", "out.pprof" } do
     local a, b = slurp(tmp .. "/live/" .. name), slurp(tmp .. "/replay/" .. name)
     check(a and #a > 0, "live %s is empty", name)

@@ -33,6 +33,33 @@ describe("session hooks", function()
     for i = 1, #b do assert.are_not.equal(0x2000, b:frames(i)[1].addr) end
   end)
 
+  it("starts over after s:reset(): verdicts and trace indexes are redone, counters stay", function()
+    local calls = 0
+    s:on_trace(function(t)
+      calls = calls + 1
+      return t.frames[1].addr ~= 0x2000
+    end)
+    s:filter("comm != 'b'")
+    feed(s, { { 1, "a", { 0x1000 } }, { 2, "b", { 0x1000 } }, { 1, "a", { 0x2000 } } })
+    local b = s:batch()
+    assert.are.equal(1, b:total())
+    assert.are.equal(2, calls)
+    s:reset()
+    assert.are.equal(0, #s:batch())
+    assert.are.equal(1, s:stats().resets)
+    assert.are.equal(3, s:stats().samples)
+    -- The same traces again: each judged afresh, at index 1.
+    feed(s, { { 2, "b", { 0x1000 } }, { 1, "a", { 0x2000 } }, { 1, "a", { 0x1000 } } })
+    assert.are.equal(4, calls)
+    b = s:batch()
+    assert.are.equal(1, #b)
+    assert.are.equal(1, b:total())
+    assert.are.equal("a", b:comm(1))
+    assert.are.equal(0x1000, b:frames(1)[1].addr)
+    assert.are.equal(1, s:trace(1).frames[1].addr == 0x1000 and 1 or 0)
+    assert.are.equal(6, s:stats().samples)
+  end)
+
   it("keeps a trace whose on_trace hook fails, reports once and counts each failure", function()
     local logged = 0
     local log = require "lupe.log"

@@ -10,6 +10,7 @@
 --   s:on_end(function(profile) ... end)           -- the whole profile, once
 --   local profile = s:run{ duration = 10 }        -- until duration, the command's exit,
 --                                                 -- or Ctrl-C (which still runs on_end)
+--   s:reset()                                     -- forget the aggregate (export, then this)
 -- The hot path stays in C: hooks see aggregated, symbolized traces, never samples. A hook
 -- that is not set costs nothing: the C core skips verdicts, batches and event queues.
 --
@@ -448,6 +449,18 @@ function Session:flush_interval()
   call_hook(self, "on_interval", self._on_interval, make_batch(self, true))
   self._s:interval_reset()
   self._next_interval = self._s:clock() + self._interval
+end
+
+-- Forgets the aggregate (entries, traces, verdicts, interval counts) and keeps the rest
+-- (processes, symbols, counters, hooks, the filter): for a script that exports what it
+-- needs as it goes, so that memory follows one export period's unique stacks rather than
+-- the whole run's. Trace and entry indexes start again: drop what you keyed by them.
+-- Call it between polls, e.g. at the end of on_interval.
+function Session:reset()
+  local ok, err = self._s:reset()
+  if not ok then error("session: " .. tostring(err), 2) end
+  self._traces = {}
+  self._judged, self._judged_entries = 0, 0
 end
 
 -- The session's clock in seconds: the end of the last drain (a replay: as recorded).
