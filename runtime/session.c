@@ -1842,10 +1842,11 @@ int lupe_session__reset(struct lupe_session *s)
 	if (s->tally)
 		memset(s->tally, 0, s->cap_tally * sizeof(*s->tally));
 	s->ntally = 0;
-	if (s->hooks) {
+	/* Either verdict array may not exist yet (a filter without on_trace, or before a poll). */
+	if (s->hooks && s->hooks->entry_v)
 		memset(s->hooks->entry_v, LUPE_VERDICT_UNDECIDED, s->hooks->cap_entry_v);
+	if (s->hooks && s->hooks->trace_v)
 		memset(s->hooks->trace_v, LUPE_VERDICT_UNDECIDED, s->hooks->cap_trace_v);
-	}
 	s->fold_at = s->max_entries;
 	s->st.traces = s->st.entries = 0;
 	s->st.resets++;
