@@ -89,16 +89,16 @@ end
 
 -- write() is the fast path of each_stack + lines (same lines, in first-seen order): 100k
 -- stacks of 30 frames are 100 MB of text, so nothing is built per line or per frame.
--- Frames are numbered as output.locator does (module and address), inline; stacks are
+-- Frames are numbered with output.frame_slot, as the locator does, inline; stacks are
 -- frame numbers in one flat C array; each distinct frame's text (";" .. label) is made
 -- once; lines are copied piece by piece into a 64 KiB C buffer (fwrite for a Lua file).
 local ffi = require "ffi"
-local format, type, tonumber, iotype = string.format, type, tonumber, io.type
+local format, iotype = string.format, io.type
 local new_table = require "table.new"
 -- pcall: another module may have declared fwrite already (a redeclaration raises).
 pcall(ffi.cdef, "size_t fwrite(const void *ptr, size_t size, size_t n, void *stream);")
 local BUFSZ = 65536
-local TWO53 = 0x20000000000000ULL
+local frame_slot = output.frame_slot
 
 function M.write(profile, fh, opts)
   if opts and opts.service then return write_stacks(profile, fh, opts) end
@@ -126,27 +126,7 @@ function M.write(profile, fh, opts)
     local len = #c
     for i = 1, n do
       local f = frames[i]
-      local kind = f.kind
-      local ids
-      if kind == "native" or kind == "kernel" then
-        local mod = f.module or ""
-        ids = by_module[mod]
-        if not ids then ids = {} by_module[mod] = ids end
-      else
-        local ns = (kind or "unknown") .. "\0" .. (f.name or "")
-        ids = others[ns]
-        if not ids then ids = {} others[ns] = ids end
-      end
-      local a = f.addr
-      local key
-      if type(a) ~= "cdata" then
-        key = a or false
-      elseif a < TWO53 then
-        key = tonumber(a)
-      else
-        local neg = -a
-        key = neg < TWO53 and -tonumber(neg) or output.hex(a)
-      end
+      local ids, key = frame_slot(by_module, others, f)
       local id = ids[key]
       if not id then
         nframes = nframes + 1

@@ -107,6 +107,26 @@ local function addr_key(a)
 end
 M.addr_key = addr_key
 
+-- What makes two frames the same frame: the table of ids its key lives in (native and
+-- kernel frames: per module; others: per kind and name) and its key there (the address).
+-- Writers that number frames inline (folded, svg) call it as the locator does: LuaJIT
+-- compiles the call into their loops.
+function M.frame_slot(by_module, others, f)
+  local kind = f.kind
+  local ids
+  if kind == "native" or kind == "kernel" then
+    local mod = f.module or ""
+    ids = by_module[mod]
+    if not ids then ids = {} by_module[mod] = ids end
+  else
+    local ns = (kind or "unknown") .. "\0" .. (f.name or "")
+    ids = others[ns]
+    if not ids then ids = {} others[ns] = ids end
+  end
+  return ids, addr_key(f.addr)
+end
+local frame_slot = M.frame_slot
+
 -- Dense ids for distinct frames (module and address; an error or unknown frame by its
 -- kind and reason), so formats work per distinct frame rather than per frame of stacks:
 --   local locate, frames = output.locator()
@@ -118,27 +138,7 @@ function M.locator()
   local frames, by_module, others = {}, {}, {}
   local n = 0
   local function locate(f)
-    local kind = f.kind
-    local ids
-    if kind == "native" or kind == "kernel" then
-      local mod = f.module or ""
-      ids = by_module[mod]
-      if not ids then ids = {} by_module[mod] = ids end
-    else
-      local ns = (kind or "unknown") .. "\0" .. (f.name or "")
-      ids = others[ns]
-      if not ids then ids = {} others[ns] = ids end
-    end
-    local a = f.addr
-    local key
-    if type(a) ~= "cdata" then
-      key = a or false
-    elseif a < TWO53 then
-      key = tonumber(a)
-    else
-      local neg = -a
-      key = neg < TWO53 and -tonumber(neg) or hex(a)
-    end
+    local ids, key = frame_slot(by_module, others, f)
     local id = ids[key]
     if id then return id, false end
     n = n + 1

@@ -21,7 +21,7 @@ local M = {}
 local label = output.label
 local ipairs, concat, sort, fmt, floor, byte = ipairs, table.concat, table.sort,
   string.format, math.floor, string.byte
-local type, tonumber, iotype, copy = type, tonumber, io.type, ffi.copy
+local iotype, copy = io.type, ffi.copy
 -- pcall: another module may have declared fwrite already (a redeclaration raises).
 pcall(ffi.cdef, "size_t fwrite(const void *ptr, size_t size, size_t n, void *stream);")
 local BUFSZ = 65536
@@ -90,12 +90,12 @@ end
 
 -- The stacks, root first, as name ids (a name is a frame's label, or a process's comm):
 -- per stack its comm's id, count, and its frames' ids at flat[start .. start + n - 1].
--- Frames are numbered as output.locator does (module and address), inline as folded.lua
--- does (a call per frame was a tenth of the time), and each distinct frame is labelled
--- once; entries with the same trace (hash) share their ids.
+-- Frames are numbered with output.frame_slot (module and address), inline as folded.lua
+-- does (a locator closure per frame was a tenth of the time), and each distinct frame is
+-- labelled once; entries with the same trace (hash) share their ids.
 -- Names are numbered in the order first seen (comm, then frames leaf first), which is the
 -- order siblings are written in.
-local TWO53 = 0x20000000000000ULL
+local frame_slot = output.frame_slot
 local function collect(profile)
   local entries = profile.entries
   local ne = #entries
@@ -133,30 +133,10 @@ local function collect(profile)
     else
       for i = 1, n do
         local f = frames[i]
-        local kind = f.kind
-        local ids
-        if kind == "native" or kind == "kernel" then
-          local mod = f.module or ""
-          ids = by_module[mod]
-          if not ids then ids = {} by_module[mod] = ids end
-        else
-          local ns = (kind or "unknown") .. "\0" .. (f.name or "")
-          ids = others[ns]
-          if not ids then ids = {} others[ns] = ids end
-        end
-        local a = f.addr
-        local key
-        if type(a) ~= "cdata" then
-          key = a or false
-        elseif a < TWO53 then
-          key = tonumber(a)
-        else
-          local neg = -a
-          key = neg < TWO53 and -tonumber(neg) or output.hex(a)
-        end
+        local ids, key = frame_slot(by_module, others, f)
         local id = ids[key]
         if not id then
-          id = intern(label(f), kind)
+          id = intern(label(f), f.kind)
           ids[key] = id
         end
         flat[used + n - i] = id
