@@ -1304,12 +1304,7 @@ void lupe_apm__free(struct lupe_apm *apm)
 		}
 		lupe_hashmap__free(apm->agents);
 	}
-	pos = 0;
-	if (apm->libs) {
-		while (lupe_hashmap__next(apm->libs, &pos, &k, &v))
-			free(v);
-		lupe_hashmap__free(apm->libs);
-	}
+	lupe_hashmap__free_values(apm->libs, free);
 	for (i = 0; i < apm->nservices; i++)
 		free(apm->services[i]);
 	free(apm->services);

@@ -216,12 +216,7 @@ static int map_set(struct lupe_fileid_mapper *base, uint64_t host, struct lupe_f
 static void map_free(struct lupe_fileid_mapper *base)
 {
 	struct map_mapper *m = (struct map_mapper *)base;
-	size_t pos = 0;
-	void *v;
-
-	while (lupe_hashmap__next(m->map, &pos, NULL, &v))
-		free(v);
-	lupe_hashmap__free(m->map);
+	lupe_hashmap__free_values(m->map, free);
 	free(m);
 }
 

@@ -72,6 +72,16 @@ void lupe_hashmap__free(struct lupe_hashmap *m)
 	free(m);
 }
 
+void lupe_hashmap__free_values(struct lupe_hashmap *m, void (*free_value)(void *))
+{
+	size_t pos = 0;
+	void *v;
+
+	while (m && lupe_hashmap__next(m, &pos, NULL, &v))
+		free_value(v);
+	lupe_hashmap__free(m);
+}
+
 /* Index of k's slot, or cap if absent. */
 static size_t find(const struct lupe_hashmap *m, struct lupe_key k)
 {

@@ -18,6 +18,8 @@ struct lupe_hashmap;
 struct lupe_hashmap *lupe_hashmap__new(void);
 /* Frees the table only; values are the caller's (iterate first to free them). NULL ok. */
 void lupe_hashmap__free(struct lupe_hashmap *m);
+/* Frees each value with free_value (e.g. free), then the table. NULL ok. */
+void lupe_hashmap__free_values(struct lupe_hashmap *m, void (*free_value)(void *));
 
 /* Returns the value or NULL. */
 void *lupe_hashmap__get(const struct lupe_hashmap *m, struct lupe_key k);

@@ -1078,19 +1078,6 @@ err_out:
 	return NULL;
 }
 
-static void free_map_values(struct lupe_hashmap *m, void (*fn)(void *))
-{
-	size_t pos = 0;
-	struct lupe_key k;
-	void *v;
-
-	if (!m)
-		return;
-	while (lupe_hashmap__next(m, &pos, &k, &v))
-		fn(v);
-	lupe_hashmap__free(m);
-}
-
 static void free_synth(void *v)
 {
 	struct synth *s = v;
@@ -1120,8 +1107,8 @@ void lupe_procmgr__free(struct lupe_procmgr *pm)
 	}
 	lupe_hashmap__free(pm->live);
 	lupe_hashmap__free(pm->exes); /* empty: every exe was released with its mappings */
-	free_map_values(pm->elf_cache, free);
-	free_map_values(pm->synth, free_synth);
+	lupe_hashmap__free_values(pm->elf_cache, free);
+	lupe_hashmap__free_values(pm->synth, free_synth);
 	if (pm->ebpf)
 		pm->ebpf->ops->free(pm->ebpf);
 	lupe_fileid_mapper_free(pm->file_ids);

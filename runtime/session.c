@@ -2112,17 +2112,6 @@ static int open_replay(struct lupe_session *s, const char *path)
 	return 0;
 }
 
-static void free_values(struct lupe_hashmap *m)
-{
-	size_t pos = 0;
-	struct lupe_key k;
-	void *v;
-
-	while (m && lupe_hashmap__next(m, &pos, &k, &v))
-		free(v);
-	lupe_hashmap__free(m);
-}
-
 /* ---- construction ------------------------------------------------------------------------ */
 
 #define OPT(opts, field, def) \
@@ -2231,9 +2220,7 @@ err_out:
 
 void lupe_session__free(struct lupe_session *s)
 {
-	size_t pos = 0, i;
-	struct lupe_key k;
-	void *v;
+	size_t i;
 
 	if (!s)
 		return;
@@ -2251,10 +2238,10 @@ void lupe_session__free(struct lupe_session *s)
 	lupe_hashmap__free(s->raw_svc);
 	lupe_rawfile_reader__free(s->rp);
 	free(s->rp_rec);
-	free_values(s->rp_maps);
-	free_values(s->rp_syms);
-	free_values(s->rp_ksyms);
-	free_values(s->rp_notes);
+	lupe_hashmap__free_values(s->rp_maps, free);
+	lupe_hashmap__free_values(s->rp_syms, free);
+	lupe_hashmap__free_values(s->rp_ksyms, free);
+	lupe_hashmap__free_values(s->rp_notes, free);
 	lupe_hashmap__free(s->rp_files);   /* interned strings: freed with the others */
 	lupe_hashmap__free(s->rp_svc);
 	/* Sampling stops with the tracer: the manager's release of every process need not
@@ -2283,9 +2270,7 @@ void lupe_session__free(struct lupe_session *s)
 	free(s->young_prev);
 	free(s->execd);
 	hooks_free(s->hooks);
-	while (s->strings && lupe_hashmap__next(s->strings, &pos, &k, &v))
-		free(v);
-	lupe_hashmap__free(s->strings);
+	lupe_hashmap__free_values(s->strings, free);
 	lupe_hashmap__free(s->trace_index);
 	lupe_hashmap__free(s->gens);
 	free(s);

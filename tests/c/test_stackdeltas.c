@@ -557,25 +557,14 @@ static int f_add_chunk(struct lupe_unwind_backend *b, uint32_t index, size_t nsl
 	return 0;
 }
 
-static void free_values(struct lupe_hashmap *m)
-{
-	size_t pos = 0;
-	struct lupe_key k;
-	void *v;
-
-	while (m && lupe_hashmap__next(m, &pos, &k, &v))
-		free(v);
-	lupe_hashmap__free(m);
-}
-
 static void f_free(struct lupe_unwind_backend *b)
 {
 	struct fake *f = fake_of(b);
 	size_t i;
 
 	lupe_hashmap__free(f->pids);
-	free_values(f->mappings);
-	free_values(f->files);
+	lupe_hashmap__free_values(f->mappings, free);
+	lupe_hashmap__free_values(f->files, free);
 	lupe_hashmap__free(f->pages);
 	for (i = 0; i < f->nchunks; i++)
 		free(f->chunks[i]);
