@@ -179,13 +179,7 @@ t.case("lupe record -f json labels the samples with service.name", function()
   local again = tmp .. "/replayed.json"
   local rstatus, _, rerr = t.run(("LUPE_REPLAY=%s %s record -f json -o %s"):format(raw, t.bin, again))
   check(rstatus == 0, "replay exited %s: %s", rstatus, rerr)
-  local function slurp(path)
-    local f = assert(io.open(path))
-    local text = f:read("*a")
-    f:close()
-    return text
-  end
-  local live, replayed = slurp(out), slurp(again)
+  local live, replayed = assert(t.slurp(out)), assert(t.slurp(again))
   check(live == replayed, "replayed JSON differs from live:\n%s\n---\n%s", live:sub(1, 600),
     replayed:sub(1, 600))
   local s = assert(lupe.session{ replay = raw })

@@ -28,13 +28,7 @@ local function needs_root()
   build()
 end
 
-local function slurp(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local slurp = t.slurp
 
 local function sleep(s) os.execute(("sleep %.3f"):format(s)) end
 

@@ -30,13 +30,7 @@ local function have(cmd)
   return (t.sh("command -v " .. cmd)) == 0
 end
 
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local slurp = t.slurp
 
 -- Records `hot 1500` in FORMAT once; returns the output file's path and contents.
 local recorded = {}

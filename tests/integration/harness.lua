@@ -35,12 +35,23 @@ function M.sh(cmd)
   return tonumber(rc) or 1, body or out
 end
 
+-- A file's bytes, or nil if it cannot be opened.
+function M.slurp(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
 -- Runs cmd; returns exit status, stdout, stderr.
 function M.run(cmd)
   local out, err = os.tmpname(), os.tmpname()
   local status = status_of(os.execute(cmd .. " >" .. out .. " 2>" .. err))
-  local function slurp(p) local f = io.open(p) local s = f:read("*a") f:close() os.remove(p) return s end
-  return status, slurp(out), slurp(err)
+  local o, e = M.slurp(out), M.slurp(err)
+  os.remove(out)
+  os.remove(err)
+  return status, o, e
 end
 
 function M.is_root()

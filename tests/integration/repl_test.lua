@@ -70,13 +70,7 @@ open(out_path, "wb").write(buf)
 print(os.WEXITSTATUS(st) if os.WIFEXITED(st) else 128 + os.WTERMSIG(st), "ok" if ok else "timeout")
 ]]
 
-local function slurp(path)
-  local f = io.open(path)
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local function slurp(path) return t.slurp(path) or "" end
 
 t.case("helpers, an error, completion, Ctrl-C and Ctrl-D on a live session", function()
   if not t.is_root() then t.skip("needs root to load BPF programs") end

@@ -23,13 +23,7 @@ local function setup()
   built = true
 end
 
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local slurp = t.slurp
 
 -- A workload with user and kernel stacks, several processes (exec, fork, exit events) and
 -- an exit status of its own.

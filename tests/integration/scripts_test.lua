@@ -10,13 +10,7 @@ local function needs_root()
   if not t.is_root() then t.skip("needs root to load BPF programs") end
 end
 
-local function slurp(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local slurp = t.slurp
 
 local function write(path, text)
   local f = assert(io.open(path, "w"))

@@ -14,13 +14,7 @@ local function write(path, text)
   assert(os.rename(path .. ".tmp", path))
 end
 
-local function slurp(path)
-  local f = io.open(path)
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local function slurp(path) return t.slurp(path) or "" end
 
 local function sleep(s) os.execute(("sleep %.3f"):format(s)) end
 
