@@ -913,23 +913,31 @@ static const char *apm_service(struct lupe_session *s, pid_t pid, uint32_t gen)
 	return svc;
 }
 
-/* Replay of a SERVICE record: later entries of (pid, gen) get the name, and so do its
- * earlier ones, as the live session's relabelling at the end of that drain did. */
-static int rp_service(struct lupe_session *s, const struct lupe_raw_record *r)
+/* The entries of (pid, gen) made before its service was known get it (interned svc);
+ * counted, so that filter verdicts, which may read the service, are redone. */
+static void relabel_entries(struct lupe_session *s, pid_t pid, uint32_t gen, const char *svc)
 {
-	const char *svc = intern(s, r->service.name);
 	size_t j;
 
-	if (!svc || lupe_hashmap__set(s->rp_svc, svc_key((pid_t)r->service.pid, r->service.gen),
-				      (void *)svc, NULL))
-		return -ENOMEM;
 	for (j = 0; j < s->nentries; j++) {
-		if (s->entries[j].pid == (pid_t)r->service.pid && s->raws[j].gen == r->service.gen &&
+		if (s->entries[j].pid == pid && s->raws[j].gen == gen &&
 		    s->entries[j].service != svc) {
 			s->entries[j].service = svc;
 			s->relabelled++;
 		}
 	}
+}
+
+/* Replay of a SERVICE record: later entries of (pid, gen) get the name, and so do its
+ * earlier ones, as the live session's relabelling at the end of that drain did. */
+static int rp_service(struct lupe_session *s, const struct lupe_raw_record *r)
+{
+	const char *svc = intern(s, r->service.name);
+
+	if (!svc || lupe_hashmap__set(s->rp_svc, svc_key((pid_t)r->service.pid, r->service.gen),
+				      (void *)svc, NULL))
+		return -ENOMEM;
+	relabel_entries(s, (pid_t)r->service.pid, r->service.gen, svc);
 	return 0;
 }
 
@@ -975,7 +983,7 @@ static void apm_detached(void *ctx, pid_t pid)
  * just found get its service name; each (entry, transaction) tallied is notified. */
 static void apm_poll(struct lupe_session *s)
 {
-	size_t i, j;
+	size_t i;
 
 	if (!s->apm)
 		return;
@@ -985,13 +993,8 @@ static void apm_poll(struct lupe_session *s)
 		uint32_t gen = pid_gen(s, pid);
 		const char *svc = apm_service(s, pid, gen);
 
-		for (j = 0; svc && j < s->nentries; j++) {
-			if (s->entries[j].pid == pid && s->raws[j].gen == gen &&
-			    s->entries[j].service != svc) {
-				s->entries[j].service = svc;
-				s->relabelled++;
-			}
-		}
+		if (svc)
+			relabel_entries(s, pid, gen, svc);
 	}
 	s->nrelabel = 0;
 	if (!s->ntally)
