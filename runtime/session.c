@@ -1814,15 +1814,11 @@ static int fold_entries(struct lupe_session *s)
 	return 0;
 }
 
-int lupe_session__reset(struct lupe_session *s)
+/* Frees every entry's and trace's frames (their arrays stay, empty). */
+static void drop_aggregate(struct lupe_session *s)
 {
-	struct lupe_hashmap *index = lupe_hashmap__new();
 	size_t i;
 
-	if (!index)
-		return -ENOMEM;
-	lupe_hashmap__free(s->trace_index);
-	s->trace_index = index;
 	for (i = 0; i < s->nentries; i++) {
 		size_t nf = (size_t)s->raws[i].klen + s->raws[i].ulen;
 
@@ -1839,6 +1835,17 @@ int lupe_session__reset(struct lupe_session *s)
 		free((void *)t->frames);
 	}
 	s->nentries = s->ntraces = s->nsymbolized = s->nkpending = 0;
+}
+
+int lupe_session__reset(struct lupe_session *s)
+{
+	struct lupe_hashmap *index = lupe_hashmap__new();
+
+	if (!index)
+		return -ENOMEM;
+	lupe_hashmap__free(s->trace_index);
+	s->trace_index = index;
+	drop_aggregate(s);
 	if (s->slots)
 		memset(s->slots, 0, s->nslots * sizeof(*s->slots));
 	/* Tallies name entries; a drain notifies and empties them before it returns. */
@@ -2223,8 +2230,6 @@ err_out:
 
 void lupe_session__free(struct lupe_session *s)
 {
-	size_t i;
-
 	if (!s)
 		return;
 	if (s->raw) {
@@ -2258,12 +2263,7 @@ void lupe_session__free(struct lupe_session *s)
 	lupe_procmgr__free(s->pm);    /* before the symbol cache it reports to */
 	apm_free(s);
 	lupe_symcache__free(s->syms);
-	for (i = 0; i < s->nentries; i++)
-		free(s->raws[i].frames);
-	for (i = 0; i < s->ntraces; i++) {
-		free((void *)s->traces[i].frames);
-		free((void *)s->traces[i].converted);
-	}
+	drop_aggregate(s);
 	free(s->entries);
 	free(s->raws);
 	free(s->slots);
