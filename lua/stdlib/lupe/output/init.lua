@@ -43,13 +43,6 @@ function M.label(f)
   return "[unknown]"
 end
 
--- The counts a profile dropped or could not resolve, as "name=value" pairs for outputs.
-function M.loss_summary(stats)
-  return ("samples=%d lost=%d filtered=%d truncated=%d unknown_frames=%d"):format(
-    stats.samples, stats.lost, stats.filtered, stats.kernel_trunc + stats.user_trunc,
-    stats.unknown_frames)
-end
-
 -- The session's target in words: system, pids=1,2, command=make -j4, cgroup=/sys/...
 function M.describe_target(t)
   if t == nil then return "system" end
